@@ -1,0 +1,36 @@
+//! `weir build DIR`.
+
+use std::path::Path;
+
+use super::{EXIT_OK, EXIT_USAGE, report_error};
+use crate::plugin::{Runtime, build};
+
+pub(super) fn build(dir: &Path) -> i32 {
+    let started = std::time::Instant::now();
+    let wasm = match build::build(dir) {
+        Ok(wasm) => wasm,
+        Err(e) => {
+            report_error(format!("{e:#}"));
+            return EXIT_USAGE;
+        }
+    };
+    // Check what was built, so a plugin that will not load fails here.
+    let checked = Runtime::new().and_then(|r| r.load_file(&wasm));
+    match checked {
+        Ok(plugin) => {
+            eprintln!(
+                "built {} ({}, version {}) in {:.1?}",
+                wasm.display(),
+                plugin.world(),
+                plugin.version(),
+                started.elapsed()
+            );
+            println!("{}", wasm.display());
+            EXIT_OK
+        }
+        Err(e) => {
+            report_error(format!("built {} but it is not a valid plugin: {e:#}", wasm.display()));
+            EXIT_USAGE
+        }
+    }
+}

@@ -1,0 +1,81 @@
+//! The `weir` command line.
+//!
+//! Exit codes: 0 success, 1 runtime failure, 2 usage or config error.
+
+mod build;
+mod check;
+mod run;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// Exit code: success.
+pub const EXIT_OK: i32 = 0;
+/// Exit code: the run failed (halt, broken connector, ...).
+pub const EXIT_RUNTIME: i32 = 1;
+/// Exit code: bad usage, bad pipeline file, refused plugin.
+pub const EXIT_USAGE: i32 = 2;
+
+/// weir: stream processing with WebAssembly plugins.
+#[derive(Debug, Parser)]
+#[command(name = "weir", version, about, long_about = None)]
+struct Cli {
+    /// Log filter (tracing syntax), e.g. `debug` or `weir=debug`. Also WEIR_LOG.
+    #[arg(long, global = true, value_name = "FILTER")]
+    log: Option<String>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a pipeline file until its sources end or it is stopped (Ctrl-C).
+    Run {
+        /// The pipeline file (TOML).
+        file: PathBuf,
+    },
+    /// Check a plugin: the world it implements, its exports and imports.
+    Check {
+        /// A .wasm component.
+        plugin: PathBuf,
+    },
+    /// Build a plugin source folder into a .wasm component.
+    Build {
+        /// The plugin folder (a Rust crate).
+        dir: PathBuf,
+    },
+}
+
+/// Runs the CLI and returns the process exit code.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { EXIT_USAGE } else { EXIT_OK };
+        }
+    };
+    init_logging(cli.log.as_deref());
+    match cli.command {
+        Command::Run { file } => run::run(&file),
+        Command::Check { plugin } => check::check(&plugin),
+        Command::Build { dir } => build::build(&dir),
+    }
+}
+
+fn init_logging(filter: Option<&str>) {
+    let filter =
+        filter.map(str::to_string).or_else(|| std::env::var("WEIR_LOG").ok()).unwrap_or_else(|| "info".to_string());
+    let filter = tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|e| {
+        eprintln!("weir: ignoring log filter `{filter}`: {e}");
+        tracing_subscriber::EnvFilter::new("info")
+    });
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+}
+
+/// Prints an error the way every weir command does.
+fn report_error(message: impl std::fmt::Display) {
+    eprintln!("error: {message}");
+}

@@ -1,0 +1,140 @@
+//! `gen://`: synthetic messages for demos, tests and benchmarks.
+//!
+//! `gen://?count=1000&rate=5000&size=100&keys=16`
+//! - `count`: messages to produce; without it the source never ends.
+//! - `rate`: messages per second; without it, as fast as the pipeline takes them.
+//! - `size`: value size in bytes (the JSON value is padded to it).
+//! - `keys`: distinct keys `key-0` .. `key-N-1` (0 = no key). Default 16.
+//!
+//! Values are JSON: `{"seq":7,"key":"key-7","status":"ok","amount":7,"pad":"..."}`;
+//! `status` cycles ok, ok, ok, warn, error. Header `seq` carries the sequence number.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Result;
+use async_trait::async_trait;
+use std::io::Write;
+
+use super::{Params, Source, SourceContext};
+use crate::message::{Header, Message};
+
+/// What to generate.
+#[derive(Debug, Clone)]
+pub struct GenSpec {
+    /// Total messages; `None` = unbounded.
+    pub count: Option<u64>,
+    /// Messages per second; `None` = unthrottled.
+    pub rate: Option<f64>,
+    /// Minimum value size in bytes.
+    pub size: usize,
+    /// Distinct keys (0 = no key).
+    pub keys: u64,
+    /// Messages per batch.
+    pub batch: usize,
+}
+
+impl GenSpec {
+    pub(crate) fn parse(rest: &str, batch: usize) -> Result<Self, String> {
+        let mut params = Params::parse(rest, "gen")?;
+        if !params.path.is_empty() {
+            return Err(format!(
+                "gen:// takes no path (got `{}`); use query parameters, e.g. gen://?count=100",
+                params.path
+            ));
+        }
+        let spec = GenSpec {
+            count: params.take_parsed("count")?,
+            rate: params.take_parsed("rate")?,
+            size: params.take_parsed("size")?.unwrap_or(0),
+            keys: params.take_parsed("keys")?.unwrap_or(16),
+            batch,
+        };
+        params.finish()?;
+        if spec.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
+            return Err("query parameter `rate` must be a positive number of messages per second".into());
+        }
+        Ok(spec)
+    }
+}
+
+/// Produces [`GenSpec`] messages.
+pub struct GenSource {
+    spec: GenSpec,
+}
+
+impl GenSource {
+    /// A source for `spec`.
+    pub fn new(spec: GenSpec) -> Self {
+        GenSource { spec }
+    }
+}
+
+const STATUSES: [&str; 5] = ["ok", "ok", "ok", "warn", "error"];
+
+/// Builds message number `seq`.
+pub fn message(spec: &GenSpec, seq: u64, now_ms: u64) -> Message {
+    let mut value = Vec::with_capacity(spec.size.max(80));
+    let key = (spec.keys > 0).then(|| format!("key-{}", seq % spec.keys));
+    let _ = write!(
+        value,
+        r#"{{"seq":{seq},"key":"{}","status":"{}","amount":{}"#,
+        key.as_deref().unwrap_or(""),
+        STATUSES[(seq % 5) as usize],
+        seq % 1000
+    );
+    let pad = spec.size.saturating_sub(value.len() + r#","pad":""}"#.len());
+    if pad > 0 || spec.size > 0 {
+        value.extend_from_slice(br#","pad":""#);
+        value.resize(value.len() + pad, b'x');
+        value.push(b'"');
+    }
+    value.push(b'}');
+    Message {
+        key: key.map(String::into_bytes),
+        value,
+        headers: vec![Header { name: "seq".into(), value: seq.to_string().into_bytes() }],
+        timestamp_ms: Some(now_ms),
+        origin: None,
+    }
+}
+
+#[async_trait]
+impl Source for GenSource {
+    async fn run(self: Box<Self>, ctx: SourceContext) -> Result<()> {
+        let spec = self.spec;
+        let (tracker, mut released) = ctx.tracker::<u64>();
+        // With a rate, send small batches on a fixed tick (100 per second);
+        // without one, full batches as fast as backpressure allows.
+        let (batch_size, mut tick) = match spec.rate {
+            Some(rate) => {
+                let per_tick = (rate / 100.0).clamp(1.0, spec.batch as f64);
+                let period = Duration::from_secs_f64(per_tick / rate);
+                let mut interval = tokio::time::interval(period);
+                interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                (per_tick.round() as usize, Some(interval))
+            }
+            None => (spec.batch, None),
+        };
+        let mut seq = 0u64;
+        while spec.count.is_none_or(|c| seq < c) && !ctx.shutdown().is_cancelled() {
+            if let Some(tick) = tick.as_mut() {
+                tokio::select! {
+                    _ = ctx.shutdown().cancelled() => break,
+                    _ = tick.tick() => {}
+                }
+            }
+            let n = spec.count.map_or(batch_size as u64, |c| (c - seq).min(batch_size as u64));
+            let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+            let messages: Vec<Message> = (seq..seq + n).map(|s| message(&spec, s, now_ms)).collect();
+            seq += n;
+            let token = tracker.register(0, seq, messages.len());
+            if ctx.emit(messages, token).await.is_err() {
+                break;
+            }
+            while released.try_recv().is_ok() {}
+        }
+        ctx.drain(&tracker, &mut released, |_, _| {}).await;
+        tracing::debug!(source = ctx.name(), messages = seq, "generator finished");
+        Ok(())
+    }
+}

@@ -1,0 +1,261 @@
+//! Sources and sinks, one module per system.
+//!
+//! A [`Source`] drives itself: it reads batches, registers each with an
+//! [`AckTracker`](crate::pipeline::ack::AckTracker) and hands it to the
+//! pipeline through its [`SourceContext`]; it commits positions as the
+//! tracker releases them, and on shutdown stops reading, waits for what is in
+//! flight, commits and returns. A [`Sink`] writes whole batches.
+//!
+//! URIs are parsed into specs up front ([`SourceSpec`], [`SinkSpec`]), so a
+//! bad URI is refused before anything starts.
+
+pub mod file;
+pub mod format;
+pub mod generator;
+mod lines;
+pub mod memory;
+pub mod null;
+mod params;
+pub mod stdio;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Result;
+use async_trait::async_trait;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{ConfigError, Format, PipelineConfig, SinkConfig, SourceConfig};
+use crate::message::Message;
+use crate::pipeline::ack::{AckToken, AckTracker, Released};
+use crate::pipeline::batch::Batch;
+use crate::pipeline::dead_letter::DeadLetter;
+
+pub use params::Params;
+
+/// A source of messages.
+#[async_trait]
+pub trait Source: Send {
+    /// Reads until exhausted (bounded sources) or until `ctx` says stop;
+    /// then waits for in-flight batches, commits and returns.
+    async fn run(self: Box<Self>, ctx: SourceContext) -> Result<()>;
+}
+
+/// A destination of messages.
+#[async_trait]
+pub trait Sink: Send {
+    /// Writes a batch, in one operation where the system allows. `Ok` means
+    /// every message is durably accepted: it will be acknowledged upstream.
+    async fn write(&mut self, batch: &[Message]) -> Result<()>;
+
+    /// Flushes and releases resources at shutdown.
+    async fn close(&mut self) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// The source had to stop handing over batches (the pipeline halted).
+#[derive(Debug, thiserror::Error)]
+#[error("the pipeline is no longer accepting messages")]
+pub struct Stopped;
+
+/// What the pipeline gives a running source.
+pub struct SourceContext {
+    name: Arc<str>,
+    downstream: mpsc::Sender<Batch>,
+    shutdown: CancellationToken,
+    halted: Arc<AtomicBool>,
+    dead_letter: DeadLetter,
+}
+
+impl SourceContext {
+    pub(crate) fn new(
+        name: Arc<str>,
+        downstream: mpsc::Sender<Batch>,
+        shutdown: CancellationToken,
+        halted: Arc<AtomicBool>,
+        dead_letter: DeadLetter,
+    ) -> Self {
+        SourceContext { name, downstream, shutdown, halted, dead_letter }
+    }
+
+    /// The source's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A tracker for this source's batches; positions come back through the
+    /// receiver once done, in order per partition.
+    pub fn tracker<P: Send + 'static>(&self) -> (AckTracker<P>, Released<P>) {
+        AckTracker::new(self.halted.clone())
+    }
+
+    /// Hands a batch to the pipeline, waiting while it is full (backpressure).
+    pub async fn emit(&self, messages: Vec<Message>, token: AckToken) -> Result<(), Stopped> {
+        if messages.is_empty() {
+            return Ok(());
+        }
+        self.downstream.send(Batch::from_source(messages, token)).await.map_err(|_| Stopped)
+    }
+
+    /// Fires when the source must stop reading (signal, halt, or the end of
+    /// the run).
+    pub fn shutdown(&self) -> &CancellationToken {
+        &self.shutdown
+    }
+
+    /// Whether the pipeline halted: nothing will be acknowledged any more.
+    pub fn halted(&self) -> bool {
+        self.halted.load(Ordering::Acquire)
+    }
+
+    /// Sends input the source cannot decode to the dead letter, or halts the
+    /// pipeline when there is none. `token` is finished when it is written.
+    pub async fn reject(&self, message: Message, reason: String, token: AckToken) {
+        let mut batch = Batch::with_capacity(1);
+        batch.push(message, token);
+        self.dead_letter.send_async(batch, vec![reason], &self.name).await;
+    }
+
+    /// After reading stops: waits until every batch is done (or the pipeline
+    /// halted), passing each released position to `commit`.
+    pub async fn drain<P: Send + 'static>(
+        &self,
+        tracker: &AckTracker<P>,
+        released: &mut Released<P>,
+        mut commit: impl FnMut(u32, P),
+    ) {
+        loop {
+            while let Ok((partition, position)) = released.try_recv() {
+                commit(partition, position);
+            }
+            if tracker.outstanding() == 0 || self.halted() {
+                return;
+            }
+            tokio::select! {
+                Some((partition, position)) = released.recv() => commit(partition, position),
+                _ = tracker.wait_idle() => {}
+            }
+        }
+    }
+}
+
+/// A parsed, validated source URI.
+#[derive(Debug, Clone)]
+pub enum SourceSpec {
+    /// `file:///path`: lines of a file.
+    File(file::FileSourceSpec),
+    /// `stdio://`: lines of standard input.
+    Stdin(stdio::StdinSpec),
+    /// `gen://`: synthetic messages.
+    Gen(generator::GenSpec),
+    /// `memory://name`: an in-process queue.
+    Memory(memory::MemorySourceSpec),
+}
+
+/// Default number of messages a source reads per batch.
+pub const DEFAULT_SOURCE_BATCH: usize = 256;
+
+impl SourceSpec {
+    /// Parses and checks a `[[source]]`.
+    pub fn parse(source: &SourceConfig, pipeline: &PipelineConfig) -> Result<Self, ConfigError> {
+        let at = |m: String| pipeline.error_at(&source.uri, format!("source `{}`: {m}", source.name));
+        let uri = source.uri.get_ref();
+        let (scheme, rest) = split_uri(uri).map_err(at)?;
+        let batch = source.batch_size.unwrap_or(DEFAULT_SOURCE_BATCH);
+        let spec = match scheme {
+            "file" => SourceSpec::File(file::FileSourceSpec::parse(rest, source.format, batch, pipeline).map_err(at)?),
+            "stdio" => SourceSpec::Stdin(stdio::StdinSpec::parse(rest, source.format, batch).map_err(at)?),
+            "gen" => SourceSpec::Gen(generator::GenSpec::parse(rest, batch).map_err(at)?),
+            "memory" => SourceSpec::Memory(memory::MemorySourceSpec::parse(rest, batch).map_err(at)?),
+            other => return Err(at(unknown_scheme(other, "file, stdio, gen, memory"))),
+        };
+        let unused = [
+            ("group", source.group.is_some()),
+            ("consumer", source.consumer.is_some()),
+            ("start", source.start.is_some()),
+            ("properties", !source.properties.is_empty()),
+        ];
+        if let Some((key, _)) = unused.iter().find(|(_, set)| *set) {
+            return Err(at(format!("key `{key}` does not apply to a {scheme}:// source")));
+        }
+        Ok(spec)
+    }
+
+    /// Opens the source.
+    pub fn open(&self) -> Result<Box<dyn Source>> {
+        Ok(match self {
+            SourceSpec::File(spec) => Box::new(file::FileSource::new(spec.clone())),
+            SourceSpec::Stdin(spec) => Box::new(stdio::StdinSource::new(spec.clone())),
+            SourceSpec::Gen(spec) => Box::new(generator::GenSource::new(spec.clone())),
+            SourceSpec::Memory(spec) => Box::new(memory::MemorySource::new(spec.clone())),
+        })
+    }
+}
+
+/// A parsed, validated sink URI.
+#[derive(Debug, Clone)]
+pub enum SinkSpec {
+    /// `file:///path`: appended lines.
+    File(file::FileSinkSpec),
+    /// `stdio://`: lines on standard output.
+    Stdout(Format),
+    /// `memory://name`: an in-process list.
+    Memory(memory::MemorySinkSpec),
+    /// `null://`: counts and discards.
+    Null,
+}
+
+impl SinkSpec {
+    /// Parses and checks a `[[sink]]`.
+    pub fn parse(sink: &SinkConfig, pipeline: &PipelineConfig) -> Result<Self, ConfigError> {
+        let at = |m: String| pipeline.error_at(&sink.uri, format!("sink `{}`: {m}", sink.name));
+        let spec = Self::parse_uri(sink.uri.get_ref(), sink.format, pipeline).map_err(at)?;
+        if sink.maxlen.is_some() {
+            return Err(at("key `maxlen` does not apply to this sink".into()));
+        }
+        if !sink.properties.is_empty() {
+            return Err(at("key `properties` does not apply to this sink".into()));
+        }
+        Ok(spec)
+    }
+
+    /// Parses a sink URI.
+    pub fn parse_uri(uri: &str, format: Format, pipeline: &PipelineConfig) -> Result<Self, String> {
+        let (scheme, rest) = split_uri(uri)?;
+        Ok(match scheme {
+            "file" => SinkSpec::File(file::FileSinkSpec::parse(rest, format, pipeline)?),
+            "stdio" => {
+                Params::parse(rest, "stdio")?.finish()?;
+                SinkSpec::Stdout(format)
+            }
+            "memory" => SinkSpec::Memory(memory::MemorySinkSpec::parse(rest)?),
+            "null" => {
+                Params::parse(rest, "null")?.finish()?;
+                SinkSpec::Null
+            }
+            other => return Err(unknown_scheme(other, "file, stdio, memory, null")),
+        })
+    }
+
+    /// Opens the sink.
+    pub async fn open(&self) -> Result<Box<dyn Sink>> {
+        Ok(match self {
+            SinkSpec::File(spec) => Box::new(file::FileSink::open(spec).await?),
+            SinkSpec::Stdout(format) => Box::new(stdio::StdoutSink::new(*format)),
+            SinkSpec::Memory(spec) => Box::new(memory::MemorySink::new(spec.clone())),
+            SinkSpec::Null => Box::new(null::NullSink::default()),
+        })
+    }
+}
+
+fn split_uri(uri: &str) -> Result<(&str, &str), String> {
+    uri.split_once("://")
+        .filter(|(scheme, _)| !scheme.is_empty())
+        .ok_or_else(|| format!("`{uri}` is not a connector URI (expected scheme://..., e.g. file:///data/in.ndjson)"))
+}
+
+fn unknown_scheme(scheme: &str, known: &str) -> String {
+    format!("unknown connector `{scheme}://` (available here: {known})")
+}

@@ -1,0 +1,18 @@
+//! weir: a stream processor whose user logic runs as sandboxed WebAssembly
+//! components.
+//!
+//! - [`plugin`]: the wasmtime runtime that loads, sandboxes and calls plugins.
+//! - [`pipeline`]: sources → stages → sinks, with batching, dispatch, routing,
+//!   error policies and at-least-once acknowledgement.
+//! - [`connectors`]: sources and sinks, one module per system.
+//! - [`config`]: the pipeline file.
+//! - [`cli`]: the `weir` command.
+
+pub mod config;
+pub mod message;
+pub mod plugin;
+
+pub use message::{Header, Message, Origin, Outcome, Output};
+pub mod cli;
+pub mod connectors;
+pub mod pipeline;

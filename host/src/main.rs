@@ -1,0 +1,5 @@
+//! The `weir` binary.
+
+fn main() {
+    std::process::exit(weir::cli::main());
+}

@@ -1,0 +1,290 @@
+//! At-least-once acknowledgement.
+//!
+//! A source registers each batch it reads with its [`AckTracker`] and gets an
+//! [`AckToken`] that every message of the batch carries. The token counts the
+//! pieces of work still outstanding: one per message at first; a flat-map
+//! adds pieces, a filter, a sink write, a dead-letter write or a skip
+//! finishes them. When the count reaches zero the batch is done.
+//!
+//! The tracker releases done batches to the source in order, per partition:
+//! the committed position is the contiguous watermark, so a later batch
+//! finishing first never moves it. Once the pipeline halts, nothing more is
+//! released. A token that is dropped without finishing simply never
+//! completes, so a bug or a crash can repeat work but never lose it.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use parking_lot::Mutex;
+use tokio::sync::{Notify, mpsc};
+
+/// Outstanding work of one source batch (or of one aggregated group).
+#[derive(Clone)]
+pub struct AckToken(Arc<AckNode>);
+
+struct AckNode {
+    pending: AtomicUsize,
+    on_done: OnDone,
+}
+
+enum OnDone {
+    /// Tell the source's tracker that batch `seq` of `partition` is done.
+    Source { tracker: Arc<dyn Completer>, partition: u32, seq: u64 },
+    /// Finish one piece of each of these tokens (an aggregator's outputs
+    /// derive from every message of its input batch).
+    Group(Vec<AckToken>),
+    /// Nothing to tell: messages injected without a source (tests, `weir test`).
+    Nothing,
+}
+
+impl AckToken {
+    /// A token that tracks nothing, for messages with no source to tell.
+    pub fn untracked(pieces: usize) -> Self {
+        AckToken(Arc::new(AckNode { pending: AtomicUsize::new(pieces), on_done: OnDone::Nothing }))
+    }
+
+    /// A token whose completion finishes one piece of each of `inputs`, once
+    /// `pieces` pieces of its own are done. With zero pieces the inputs are
+    /// finished at once.
+    pub fn group(inputs: Vec<AckToken>, pieces: usize) -> Self {
+        let token =
+            AckToken(Arc::new(AckNode { pending: AtomicUsize::new(pieces.max(1)), on_done: OnDone::Group(inputs) }));
+        if pieces == 0 {
+            token.done(1);
+        }
+        token
+    }
+
+    /// Adds `n` outstanding pieces (a message became `n + 1` outputs, or was
+    /// copied to `n` more destinations).
+    pub fn add(&self, n: usize) {
+        if n > 0 {
+            self.0.pending.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// Finishes `n` pieces.
+    pub fn done(&self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        let before = self.0.pending.fetch_sub(n, Ordering::AcqRel);
+        debug_assert!(before >= n, "ack token finished more pieces than it had");
+        if before == n {
+            match &self.0.on_done {
+                OnDone::Source { tracker, partition, seq } => tracker.complete(*partition, *seq),
+                OnDone::Group(inputs) => inputs.iter().for_each(|t| t.done(1)),
+                OnDone::Nothing => {}
+            }
+        }
+    }
+
+    /// Whether two tokens are the same batch's.
+    pub fn same(&self, other: &AckToken) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
+    /// Pieces still outstanding.
+    pub fn pending(&self) -> usize {
+        self.0.pending.load(Ordering::Acquire)
+    }
+}
+
+impl fmt::Debug for AckToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "AckToken(pending={})", self.pending())
+    }
+}
+
+/// Finishes one piece for each run of identical tokens in `tokens` with a
+/// single atomic operation per run (tokens of one source batch are adjacent).
+pub fn done_all(tokens: &[AckToken]) {
+    let mut rest = tokens;
+    while let Some(first) = rest.first() {
+        let run = rest.iter().take_while(|t| t.same(first)).count();
+        first.done(run);
+        rest = &rest[run..];
+    }
+}
+
+trait Completer: Send + Sync {
+    fn complete(&self, partition: u32, seq: u64);
+}
+
+/// Tracks a source's batches and hands back their positions, per
+/// partition, in order, once done.
+pub struct AckTracker<P> {
+    inner: Arc<TrackerInner<P>>,
+}
+
+impl<P> Clone for AckTracker<P> {
+    fn clone(&self) -> Self {
+        AckTracker { inner: self.inner.clone() }
+    }
+}
+
+struct TrackerInner<P> {
+    partitions: Mutex<HashMap<u32, PartitionQueue<P>>>,
+    outstanding: AtomicUsize,
+    released: mpsc::UnboundedSender<(u32, P)>,
+    halted: Arc<AtomicBool>,
+    idle: Notify,
+}
+
+struct PartitionQueue<P> {
+    /// Sequence number of the front of `batches`.
+    front_seq: u64,
+    batches: VecDeque<(Option<P>, bool)>,
+}
+
+/// Receives done positions, in order per partition.
+pub type Released<P> = mpsc::UnboundedReceiver<(u32, P)>;
+
+impl<P: Send + 'static> AckTracker<P> {
+    /// A tracker that stops releasing once `halted` is set.
+    pub fn new(halted: Arc<AtomicBool>) -> (Self, Released<P>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let inner = TrackerInner {
+            partitions: Mutex::new(HashMap::new()),
+            outstanding: AtomicUsize::new(0),
+            released: tx,
+            halted,
+            idle: Notify::new(),
+        };
+        (AckTracker { inner: Arc::new(inner) }, rx)
+    }
+
+    /// Registers a batch of `messages` messages read from `partition`, whose
+    /// position (what the source needs to commit it) is `position`.
+    pub fn register(&self, partition: u32, position: P, messages: usize) -> AckToken {
+        let seq = {
+            let mut partitions = self.inner.partitions.lock();
+            let queue = partitions
+                .entry(partition)
+                .or_insert_with(|| PartitionQueue { front_seq: 0, batches: VecDeque::new() });
+            queue.batches.push_back((Some(position), false));
+            queue.front_seq + queue.batches.len() as u64 - 1
+        };
+        self.inner.outstanding.fetch_add(1, Ordering::AcqRel);
+        let tracker: Arc<dyn Completer> = self.inner.clone();
+        let token = AckToken(Arc::new(AckNode {
+            pending: AtomicUsize::new(messages.max(1)),
+            on_done: OnDone::Source { tracker, partition, seq },
+        }));
+        if messages == 0 {
+            token.done(1);
+        }
+        token
+    }
+
+    /// Batches registered and not yet done.
+    pub fn outstanding(&self) -> usize {
+        self.inner.outstanding.load(Ordering::Acquire)
+    }
+
+    /// Waits until every registered batch is done, or the pipeline halted.
+    pub async fn wait_idle(&self) {
+        loop {
+            let notified = self.inner.idle.notified();
+            if self.outstanding() == 0 || self.inner.halted.load(Ordering::Acquire) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Wakes [`AckTracker::wait_idle`] callers to re-check (after a halt).
+    pub fn wake(&self) {
+        self.inner.idle.notify_waiters();
+    }
+}
+
+impl<P: Send + 'static> Completer for TrackerInner<P> {
+    fn complete(&self, partition: u32, seq: u64) {
+        if self.halted.load(Ordering::Acquire) {
+            // Halt: acknowledge nothing more, whatever finishes now.
+            self.idle.notify_waiters();
+            return;
+        }
+        let mut partitions = self.partitions.lock();
+        let Some(queue) = partitions.get_mut(&partition) else { return };
+        let Some(index) = seq.checked_sub(queue.front_seq) else { return };
+        if let Some(entry) = queue.batches.get_mut(index as usize) {
+            entry.1 = true;
+        }
+        let mut released = 0;
+        while queue.batches.front().is_some_and(|(_, done)| *done) {
+            let (position, _) = queue.batches.pop_front().expect("front exists");
+            queue.front_seq += 1;
+            released += 1;
+            if let Some(position) = position {
+                // The source may have stopped listening during shutdown; the
+                // position is then simply not committed (at-least-once).
+                let _ = self.released.send((partition, position));
+            }
+        }
+        drop(partitions);
+        if released > 0 && self.outstanding.fetch_sub(released, Ordering::AcqRel) == released {
+            self.idle.notify_waiters();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tracker() -> (AckTracker<u64>, Released<u64>, Arc<AtomicBool>) {
+        let halted = Arc::new(AtomicBool::new(false));
+        let (t, r) = AckTracker::new(halted.clone());
+        (t, r, halted)
+    }
+
+    #[test]
+    fn releases_contiguous_watermark_per_partition() {
+        let (tracker, mut released, _) = tracker();
+        let a = tracker.register(0, 10, 2);
+        let b = tracker.register(0, 20, 1);
+        let c = tracker.register(1, 5, 1);
+        b.done(1);
+        c.done(1);
+        assert_eq!(released.try_recv().unwrap(), (1, 5), "partition 1 is independent");
+        assert!(released.try_recv().is_err(), "batch 20 finished first but must wait for batch 10");
+        a.done(1);
+        assert!(released.try_recv().is_err(), "batch 10 still has a piece outstanding");
+        a.done(1);
+        assert_eq!(released.try_recv().unwrap(), (0, 10));
+        assert_eq!(released.try_recv().unwrap(), (0, 20));
+        assert_eq!(tracker.outstanding(), 0);
+    }
+
+    #[test]
+    fn flat_map_and_groups_count_pieces() {
+        let (tracker, mut released, _) = tracker();
+        let t = tracker.register(0, 1, 1);
+        t.add(2); // one message became three outputs
+        let group = AckToken::group(vec![t.clone()], 2);
+        done_all(&[t.clone(), t.clone()]);
+        assert!(released.try_recv().is_err());
+        group.done(2);
+        assert_eq!(released.try_recv().unwrap(), (0, 1));
+    }
+
+    #[test]
+    fn halt_releases_nothing_more() {
+        let (tracker, mut released, halted) = tracker();
+        let t = tracker.register(0, 1, 1);
+        halted.store(true, Ordering::Release);
+        t.done(1);
+        assert!(released.try_recv().is_err());
+    }
+
+    #[test]
+    fn empty_batch_is_done_at_once() {
+        let (tracker, mut released, _) = tracker();
+        let _ = tracker.register(3, 7, 0);
+        assert_eq!(released.try_recv().unwrap(), (3, 7));
+    }
+}

@@ -1,0 +1,399 @@
+//! The pipeline: sources → stages in order → sinks, plus the dead letter.
+//!
+//! [`Pipeline::prepare`] does everything that can fail before data moves:
+//! connector URIs, plugin builds, compilation, world checks and a trial
+//! `init` per stage. [`Pipeline::run`] then wires bounded channels end to end
+//! (backpressure) and runs until the sources end or are stopped, draining
+//! every stage and sink before it returns.
+
+pub mod ack;
+pub mod batch;
+pub mod control;
+pub mod dead_letter;
+pub mod dispatch;
+pub mod router;
+pub mod sink;
+pub mod stage;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::Result;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{ConfigError, Dispatch, GroupBy, PipelineConfig, StageConfig};
+use crate::connectors::{SinkSpec, SourceContext, SourceSpec};
+use crate::plugin::state::StageState;
+use crate::plugin::{Instance, Plugin, Runtime, StageContext};
+use batch::{Batch, BatchPolicy};
+use control::Control;
+use dead_letter::DeadLetter;
+use router::Downstream;
+use sink::SinkStats;
+use stage::{ErrorPolicy, Stage, StageStats, Worker};
+
+/// Batches buffered between two steps (per channel): bounds memory.
+const CHANNEL_BATCHES: usize = 4;
+/// How often stage state is saved while running.
+const STATE_SAVE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// A pipeline that passed every check and is ready to run.
+pub struct Pipeline {
+    sources: Vec<(Arc<str>, SourceSpec)>,
+    stages: Vec<PreparedStage>,
+    sinks: Vec<PreparedSink>,
+    dead_letter: Option<SinkSpec>,
+}
+
+struct PreparedStage {
+    context: Arc<StageContext>,
+    plugin: Plugin,
+    trial: Instance,
+    concurrency: usize,
+    mode: dispatch::Mode,
+    ordered: bool,
+    batch: BatchPolicy,
+    group_by: Option<GroupBy>,
+    policy: ErrorPolicy,
+}
+
+struct PreparedSink {
+    name: Arc<str>,
+    spec: SinkSpec,
+    routes: Vec<String>,
+    batch: BatchPolicy,
+    group_by: Option<GroupBy>,
+}
+
+/// Why a pipeline could not be prepared: a config error (exit 2).
+pub type PrepareError = ConfigError;
+
+/// What a run did.
+#[derive(Debug, Default)]
+pub struct RunReport {
+    /// Messages written, per sink.
+    pub sinks: Vec<(String, u64)>,
+    /// Messages written to the dead letter.
+    pub dead_lettered: u64,
+    /// Per-stage counters.
+    pub stages: Vec<(String, StageSummary)>,
+    /// Why the pipeline halted, if it did (the run failed).
+    pub halted: Option<String>,
+    /// Errors of sources or sinks that stopped the run.
+    pub errors: Vec<String>,
+}
+
+/// Counters of one stage after a run.
+#[derive(Debug, Default, Clone)]
+pub struct StageSummary {
+    /// Messages processed.
+    pub processed: u64,
+    /// Messages dead-lettered.
+    pub dead_lettered: u64,
+    /// Messages skipped.
+    pub skipped: u64,
+    /// Traps.
+    pub traps: u64,
+    /// Plugin-defined counters.
+    pub counters: std::collections::BTreeMap<String, u64>,
+}
+
+impl RunReport {
+    /// Whether the run succeeded.
+    pub fn success(&self) -> bool {
+        self.halted.is_none() && self.errors.is_empty()
+    }
+}
+
+impl Pipeline {
+    /// Checks and prepares everything: connectors, plugins (built from
+    /// source folders if needed, compiled, checked, initialised once).
+    pub fn prepare(config: &PipelineConfig, runtime: &Runtime) -> Result<Self, PrepareError> {
+        let sources = config
+            .sources
+            .iter()
+            .map(|s| Ok((Arc::from(s.name.as_str()), SourceSpec::parse(s, config)?)))
+            .collect::<Result<Vec<_>, ConfigError>>()?;
+        let sinks = config
+            .sinks
+            .iter()
+            .map(|s| {
+                Ok(PreparedSink {
+                    name: s.name.as_str().into(),
+                    spec: SinkSpec::parse(s, config)?,
+                    routes: s.route.as_ref().map(|r| r.names()).unwrap_or_default(),
+                    batch: BatchPolicy {
+                        max_size: s.batch.max_size,
+                        max_wait: Duration::from_millis(s.batch.max_wait_ms),
+                    },
+                    group_by: s.batch.group_by.as_ref().map(|g| GroupBy::parse(g.get_ref(), true).expect("validated")),
+                })
+            })
+            .collect::<Result<Vec<_>, ConfigError>>()?;
+        let dead_letter = config
+            .dead_letter
+            .as_ref()
+            .map(|d| {
+                SinkSpec::parse_uri(d.uri.get_ref(), d.format, config)
+                    .map_err(|m| config.error_at(&d.uri, format!("[dead_letter]: {m}")))
+            })
+            .transpose()?;
+        let state_dir = config.state_dir();
+        let stages = config
+            .stages
+            .iter()
+            .map(|s| prepare_stage(s, config, runtime, &state_dir))
+            .collect::<Result<Vec<_>, ConfigError>>()?;
+        Ok(Pipeline { sources, stages, sinks, dead_letter })
+    }
+
+    /// Runs until the sources end (bounded) or `shutdown` fires, then drains.
+    pub async fn run(self, shutdown: CancellationToken) -> RunReport {
+        let control = Control::new(shutdown);
+        let mut report = RunReport::default();
+        let mut tasks = tokio::task::JoinSet::new();
+
+        // Dead letter.
+        let dlq_stats = Arc::new(SinkStats::default());
+        let dlq_sender = self.dead_letter.map(|spec| {
+            let (tx, rx) = mpsc::channel(CHANNEL_BATCHES);
+            let policy = BatchPolicy { max_size: 100, max_wait: Duration::from_millis(10) };
+            tasks.spawn(sink::run("dead_letter".into(), spec, rx, policy, None, dlq_stats.clone(), control.clone()));
+            tx
+        });
+        let dead_letter = DeadLetter::new(dlq_sender, control.clone());
+
+        // Sinks, by route.
+        let mut default_sinks = Vec::new();
+        let mut routes: HashMap<Arc<str>, Vec<mpsc::Sender<Batch>>> = HashMap::new();
+        let mut sink_stats = Vec::new();
+        for sink in self.sinks {
+            let (tx, rx) = mpsc::channel(CHANNEL_BATCHES);
+            let stats = Arc::new(SinkStats::default());
+            sink_stats.push((sink.name.to_string(), stats.clone()));
+            if sink.routes.is_empty() {
+                default_sinks.push(tx.clone());
+            }
+            for route in sink.routes {
+                routes.entry(route.into()).or_default().push(tx.clone());
+            }
+            tasks.spawn(sink::run(sink.name, sink.spec, rx, sink.batch, sink.group_by, stats, control.clone()));
+        }
+
+        // Stages, last first, each feeding the one after it.
+        let mut next_hop = Downstream::new(default_sinks, routes.clone());
+        let mut workers = Vec::new();
+        let mut stage_stats = Vec::new();
+        let mut states = Vec::new();
+        for prepared in self.stages.into_iter().rev() {
+            let (input_tx, input_rx) = mpsc::channel(CHANNEL_BATCHES);
+            let stats = Arc::new(StageStats::default());
+            stage_stats.push((prepared.context.clone(), stats.clone()));
+            states.push(prepared.context.state.clone());
+            let sequencer = prepared.ordered.then(|| {
+                let (tx, rx) = mpsc::channel(CHANNEL_BATCHES * prepared.concurrency);
+                tasks.spawn({
+                    let downstream = next_hop.clone();
+                    async move {
+                        stage::sequence(rx, downstream).await;
+                        Ok(())
+                    }
+                });
+                tx
+            });
+            let stage = Arc::new(Stage {
+                context: prepared.context.clone(),
+                plugin: prepared.plugin,
+                policy: prepared.policy,
+                downstream: next_hop.clone(),
+                dead_letter: dead_letter.clone(),
+                control: control.clone(),
+                sequencer,
+                stats,
+            });
+            let mut instance_senders = Vec::new();
+            let mut trial = Some(prepared.trial);
+            for index in 0..prepared.concurrency {
+                let (tx, rx) = mpsc::channel(2);
+                instance_senders.push(tx);
+                let worker = Worker::new(stage.clone(), trial.take());
+                let thread = std::thread::Builder::new()
+                    .name(format!("weir-{}-{index}", prepared.context.name))
+                    .spawn(move || worker.run(rx))
+                    .expect("spawning a stage worker thread");
+                workers.push(thread);
+            }
+            drop(stage);
+            tasks.spawn(async move {
+                dispatch::dispatch(input_rx, instance_senders, prepared.mode, prepared.batch, prepared.group_by).await;
+                Ok(())
+            });
+            next_hop = Downstream::new(vec![input_tx], routes.clone());
+        }
+        stage_stats.reverse();
+        drop(routes);
+
+        // Sources feed the first stage (or, without stages, the sinks).
+        let (source_tx, mut source_rx) = mpsc::channel::<Batch>(CHANNEL_BATCHES);
+        tasks.spawn(async move {
+            while let Some(batch) = source_rx.recv().await {
+                next_hop.deliver(router::Outputs { default: batch, routed: Vec::new() }).await;
+            }
+            Ok(())
+        });
+        let mut source_tasks = tokio::task::JoinSet::new();
+        for (name, spec) in self.sources {
+            let ctx = SourceContext::new(
+                name.clone(),
+                source_tx.clone(),
+                control.shutdown().clone(),
+                control.halted_flag(),
+                dead_letter.clone(),
+            );
+            source_tasks.spawn(async move {
+                let source = spec.open().map_err(|e| anyhow::anyhow!("source `{name}`: {e:#}"))?;
+                source.run(ctx).await.map_err(|e| anyhow::anyhow!("source `{name}`: {e:#}"))
+            });
+        }
+        drop(source_tx);
+        drop(dead_letter);
+
+        let saver = tokio::spawn({
+            let states = states.clone();
+            async move {
+                let mut interval = tokio::time::interval(STATE_SAVE_INTERVAL);
+                loop {
+                    interval.tick().await;
+                    save_states(&states);
+                }
+            }
+        });
+
+        while let Some(result) = source_tasks.join_next().await {
+            if let Some(e) = flatten(result) {
+                tracing::error!("{e}");
+                report.errors.push(e);
+                // A broken source stops the run; the others drain.
+                control.shutdown().cancel();
+            }
+        }
+        while let Some(result) = tasks.join_next().await {
+            if let Some(e) = flatten(result) {
+                tracing::error!("{e}");
+                report.errors.push(e);
+                control.shutdown().cancel();
+            }
+        }
+        let _ = tokio::task::spawn_blocking(move || {
+            for worker in workers {
+                let _ = worker.join();
+            }
+        })
+        .await;
+        saver.abort();
+        save_states(&states);
+
+        report.halted = control.halt_reason();
+        report.sinks = sink_stats.iter().map(|(n, s)| (n.clone(), s.written.load(Ordering::Relaxed))).collect();
+        report.dead_lettered = dlq_stats.written.load(Ordering::Relaxed);
+        report.stages = stage_stats
+            .iter()
+            .map(|(ctx, s)| {
+                (
+                    ctx.name.to_string(),
+                    StageSummary {
+                        processed: s.processed.load(Ordering::Relaxed),
+                        dead_lettered: s.dead_lettered.load(Ordering::Relaxed),
+                        skipped: s.skipped.load(Ordering::Relaxed),
+                        traps: s.traps.load(Ordering::Relaxed),
+                        counters: ctx.counters.snapshot(),
+                    },
+                )
+            })
+            .collect();
+        report
+    }
+}
+
+fn flatten(result: Result<Result<()>, tokio::task::JoinError>) -> Option<String> {
+    match result {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(format!("{e:#}")),
+        Err(e) => Some(format!("a pipeline task failed: {e}")),
+    }
+}
+
+fn save_states(states: &[Arc<StageState>]) {
+    for state in states {
+        if let Err(e) = state.save() {
+            tracing::error!("{e:#}");
+        }
+    }
+}
+
+fn prepare_stage(
+    stage: &StageConfig,
+    config: &PipelineConfig,
+    runtime: &Runtime,
+    state_dir: &std::path::Path,
+) -> Result<PreparedStage, ConfigError> {
+    let at = |m: String| config.error_at(&stage.plugin, format!("stage `{}`: {m}", stage.name));
+    let path = config.resolve(stage.plugin.get_ref());
+    let wasm = resolve_plugin(&path).map_err(at)?;
+    let plugin = runtime.load_file(&wasm).map_err(|e| at(format!("{e:#}")))?;
+    let state = StageState::open(state_dir.join(format!("{}.state", stage.name))).map_err(|e| at(format!("{e:#}")))?;
+    let context = Arc::new(StageContext {
+        name: stage.name.as_str().into(),
+        config: stage.plugin_config(),
+        state: Arc::new(state),
+        counters: Arc::default(),
+        limits: stage.limits(),
+    });
+    // A trial instance proves the plugin starts with this config before any
+    // data moves; it then becomes the first worker's instance.
+    let trial = Instance::new(&plugin, context.clone()).map_err(|e| at(e.to_string()))?;
+    tracing::info!(stage = stage.name, version = %plugin.version(), world = %plugin.world(), "plugin loaded");
+    let mode = match stage.dispatch {
+        Dispatch::RoundRobin => dispatch::Mode::RoundRobin,
+        Dispatch::Broadcast => dispatch::Mode::Broadcast,
+        Dispatch::Partition => dispatch::Mode::Partition(
+            stage
+                .partition_by
+                .as_ref()
+                .map(|p| GroupBy::parse(p.get_ref(), false).expect("validated"))
+                .unwrap_or(GroupBy::Key),
+        ),
+    };
+    Ok(PreparedStage {
+        context,
+        plugin,
+        trial,
+        concurrency: stage.concurrency,
+        mode,
+        ordered: stage.ordered,
+        batch: BatchPolicy { max_size: stage.batch.max_size, max_wait: Duration::from_millis(stage.batch.max_wait_ms) },
+        group_by: stage.batch.group_by.as_ref().map(|g| GroupBy::parse(g.get_ref(), false).expect("validated")),
+        policy: ErrorPolicy {
+            on_error: stage.on_error,
+            retries: stage.retries,
+            backoff: Duration::from_millis(stage.retry_backoff_ms),
+            exhausted: stage.on_retry_exhausted,
+        },
+    })
+}
+
+/// A `.wasm` file as is; a source folder is built first.
+fn resolve_plugin(path: &std::path::Path) -> Result<PathBuf, String> {
+    if path.is_dir() {
+        tracing::info!("building plugin {}", path.display());
+        return crate::plugin::build::build(path).map_err(|e| format!("{e:#}"));
+    }
+    if path.is_file() {
+        return Ok(path.to_path_buf());
+    }
+    Err(format!("plugin {} not found (expected a .wasm component or a plugin source folder)", path.display()))
+}

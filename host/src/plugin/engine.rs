@@ -1,0 +1,135 @@
+//! The shared wasmtime engine, its epoch clock, and plugin loading.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use parking_lot::Mutex;
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Config, Engine};
+
+use super::bindings::{aggregator, processor};
+use super::cache::ComponentCache;
+use super::inspect::{self, World};
+use super::instance::InstanceState;
+use super::{Plugin, PluginInner, Pre, VersionId};
+
+/// How often the epoch advances: the granularity of CPU deadlines.
+pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// Compiles, caches and links plugins. Cheap to clone; one per process.
+#[derive(Clone)]
+pub struct Runtime {
+    inner: Arc<RuntimeInner>,
+}
+
+struct RuntimeInner {
+    engine: Engine,
+    linker: Linker<InstanceState>,
+    disk_cache: ComponentCache,
+    /// Components already compiled in this process, by content hash: stages
+    /// sharing a plugin, and swaps back to an earlier version, reuse them.
+    loaded: Mutex<HashMap<VersionId, Component>>,
+}
+
+impl Runtime {
+    /// Creates the engine (epoch interruption on, synchronous calls) and
+    /// starts its epoch clock.
+    pub fn new() -> Result<Self> {
+        let mut config = Config::new();
+        config.wasm_component_model(true);
+        config.epoch_interruption(true);
+        // Plugins are called synchronously from worker threads; without
+        // async support a component call costs about a third as much.
+        config.concurrency_support(false);
+        config.cranelift_opt_level(wasmtime::OptLevel::Speed);
+        let engine = Engine::new(&config).map_err(anyhow::Error::from).context("creating the wasmtime engine")?;
+
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(anyhow::Error::from).context("linking WASI")?;
+        processor::weir::processor::host::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)
+            .map_err(anyhow::Error::from)
+            .context("linking the weir host interface")?;
+
+        let inner = Arc::new(RuntimeInner {
+            engine,
+            linker,
+            disk_cache: ComponentCache::from_env(),
+            loaded: Mutex::new(HashMap::new()),
+        });
+        start_epoch_clock(Arc::downgrade(&inner));
+        Ok(Runtime { inner })
+    }
+
+    /// The wasmtime engine.
+    pub fn engine(&self) -> &Engine {
+        &self.inner.engine
+    }
+
+    /// Loads a component file. See [`Runtime::load_bytes`].
+    pub fn load_file(&self, path: &Path) -> Result<Plugin> {
+        let bytes = std::fs::read(path).with_context(|| format!("cannot read plugin {}", path.display()))?;
+        self.load_bytes(&bytes).with_context(|| format!("plugin {} refused", path.display()))
+    }
+
+    /// Compiles (or fetches from cache), checks the world and pre-links a
+    /// component. Every refusal names the problem: not wasm, a core module, a
+    /// component of another world, a missing or mistyped export, an import
+    /// weir does not provide.
+    pub fn load_bytes(&self, bytes: &[u8]) -> Result<Plugin> {
+        inspect::check_is_component(bytes)?;
+        let version = VersionId::of(bytes);
+        let component = self.compile(&version, bytes)?;
+        let world = inspect::world_of(&self.inner.engine, &component)?;
+        let instance_pre = self.inner.linker.instantiate_pre(&component).map_err(inspect::explain_link_error)?;
+        let pre = match world {
+            World::Processor => {
+                Pre::Processor(processor::ProcessorPre::new(instance_pre).map_err(inspect::explain_export_error)?)
+            }
+            World::Aggregator => {
+                Pre::Aggregator(aggregator::AggregatorPre::new(instance_pre).map_err(inspect::explain_export_error)?)
+            }
+        };
+        Ok(Plugin { inner: Arc::new(PluginInner { version, world, pre, engine: self.inner.engine.clone() }) })
+    }
+
+    fn compile(&self, version: &VersionId, bytes: &[u8]) -> Result<Component> {
+        if let Some(component) = self.inner.loaded.lock().get(version) {
+            return Ok(component.clone());
+        }
+        let component = self
+            .inner
+            .disk_cache
+            .load(&self.inner.engine, version, bytes)
+            .map_err(|e| anyhow::anyhow!("not a valid WebAssembly component: {e:#}"))?;
+        self.inner.loaded.lock().insert(version.clone(), component.clone());
+        Ok(component)
+    }
+}
+
+/// Advances the engine's epoch every [`EPOCH_TICK`] until the runtime is
+/// dropped; stores turn "N ticks from now" into their per-call deadline.
+fn start_epoch_clock(runtime: Weak<RuntimeInner>) {
+    std::thread::Builder::new()
+        .name("weir-epoch".into())
+        .spawn(move || {
+            while let Some(runtime) = runtime.upgrade() {
+                runtime.engine.increment_epoch();
+                drop(runtime);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        })
+        .expect("spawning the epoch thread");
+}
+
+impl Runtime {
+    /// Loads a component and describes it (for `weir check`).
+    pub fn describe(&self, bytes: &[u8]) -> Result<(Plugin, inspect::Description)> {
+        let plugin = self.load_bytes(bytes)?;
+        let component = self.compile(plugin.version(), bytes)?;
+        let description = inspect::describe(&self.inner.engine, &component, plugin.world());
+        Ok((plugin, description))
+    }
+}

@@ -1,0 +1,177 @@
+//! The weir Rust SDK.
+//!
+//! A processor is a type that implements [`Processor`] and is exported with
+//! [`export_processor!`]; build it with `cargo build --target wasm32-wasip2`
+//! (or `weir build`), and the resulting `.wasm` is a weir plugin.
+//!
+//! ```ignore
+//! use weir_sdk::{Config, Message, Outcome, Processor};
+//!
+//! struct Upper;
+//!
+//! impl Processor for Upper {
+//!     fn init(_config: Config) -> Result<Self, String> {
+//!         Ok(Upper)
+//!     }
+//!     fn process(&mut self, message: Message) -> Outcome {
+//!         let value = message.value.to_ascii_uppercase();
+//!         Outcome::one(message.into_output().with_value(value))
+//!     }
+//! }
+//!
+//! weir_sdk::export_processor!(Upper);
+//! ```
+//!
+//! Batch-level work (one call per batch, as the host makes it) is available by
+//! overriding [`Processor::process_batch`]. Aggregating stages implement
+//! [`Aggregator`] and use [`export_aggregator!`].
+
+mod config;
+pub mod log;
+pub mod state;
+
+pub use config::Config;
+pub use weir_sdk_base::{Header, Message, Origin, Outcome, Output};
+
+/// A per-message processor (the `processor` world).
+pub trait Processor: Sized + 'static {
+    /// Builds the processor from the stage's `config` table. An error refuses
+    /// the plugin with that message.
+    fn init(config: Config) -> Result<Self, String>;
+
+    /// Processes one message: drop it, map it, flat-map it, route it or fail it.
+    fn process(&mut self, message: Message) -> Outcome;
+
+    /// Processes a whole batch; must return one outcome per input, in order.
+    /// Override it to amortise work over the batch.
+    fn process_batch(&mut self, batch: Vec<Message>) -> Vec<Outcome> {
+        batch.into_iter().map(|message| self.process(message)).collect()
+    }
+}
+
+/// A batch stage (the `aggregator` world): sees whole batches and answers
+/// all-or-nothing.
+pub trait Aggregator: Sized + 'static {
+    /// Builds the aggregator from the stage's `config` table.
+    fn init(config: Config) -> Result<Self, String>;
+
+    /// Processes one batch. `batch_key` is the batch's group key when the stage
+    /// groups its batches. An error applies the stage's error policy to every
+    /// message of the batch.
+    fn process_batch(&mut self, batch_key: Option<Vec<u8>>, batch: Vec<Message>) -> Result<Vec<Output>, String>;
+}
+
+/// Counters defined by the plugin, exported by the host as metrics.
+pub mod counter {
+    /// Adds `delta` to the counter `name`.
+    pub fn add(name: &str, delta: u64) {
+        weir_sdk_base::host::counter_add(name, delta)
+    }
+}
+
+/// Exports a [`Processor`] type as the plugin's `processor` world.
+#[macro_export]
+macro_rules! export_processor {
+    ($processor:ty) => {
+        const _: () = {
+            use $crate::__private::processor_world::Guest;
+
+            ::std::thread_local! {
+                static INSTANCE: ::std::cell::RefCell<::std::option::Option<$processor>> =
+                    const { ::std::cell::RefCell::new(::std::option::Option::None) };
+            }
+
+            struct WeirProcessor;
+
+            impl Guest for WeirProcessor {
+                fn init(
+                    config: ::std::vec::Vec<(::std::string::String, ::std::string::String)>,
+                ) -> ::std::result::Result<(), ::std::string::String> {
+                    let processor = <$processor as $crate::Processor>::init($crate::Config::new(config))?;
+                    INSTANCE.with(|cell| *cell.borrow_mut() = ::std::option::Option::Some(processor));
+                    ::std::result::Result::Ok(())
+                }
+
+                fn process(batch: ::std::vec::Vec<$crate::Message>) -> ::std::vec::Vec<$crate::Outcome> {
+                    INSTANCE.with(|cell| match cell.borrow_mut().as_mut() {
+                        ::std::option::Option::Some(processor) => $crate::__private::checked_outcomes(
+                            batch.len(),
+                            $crate::Processor::process_batch(processor, batch),
+                        ),
+                        ::std::option::Option::None => $crate::__private::not_initialised(batch.len()),
+                    })
+                }
+            }
+
+            $crate::__private::processor_world::export_processor_world!(
+                WeirProcessor with_types_in $crate::__private::processor_world
+            );
+        };
+    };
+}
+
+/// Exports an [`Aggregator`] type as the plugin's `aggregator` world.
+#[macro_export]
+macro_rules! export_aggregator {
+    ($aggregator:ty) => {
+        const _: () = {
+            use $crate::__private::aggregator_world::Guest;
+
+            ::std::thread_local! {
+                static INSTANCE: ::std::cell::RefCell<::std::option::Option<$aggregator>> =
+                    const { ::std::cell::RefCell::new(::std::option::Option::None) };
+            }
+
+            struct WeirAggregator;
+
+            impl Guest for WeirAggregator {
+                fn init(
+                    config: ::std::vec::Vec<(::std::string::String, ::std::string::String)>,
+                ) -> ::std::result::Result<(), ::std::string::String> {
+                    let aggregator = <$aggregator as $crate::Aggregator>::init($crate::Config::new(config))?;
+                    INSTANCE.with(|cell| *cell.borrow_mut() = ::std::option::Option::Some(aggregator));
+                    ::std::result::Result::Ok(())
+                }
+
+                fn process_batch(
+                    batch_key: ::std::option::Option<::std::vec::Vec<u8>>,
+                    batch: ::std::vec::Vec<$crate::Message>,
+                ) -> ::std::result::Result<::std::vec::Vec<$crate::Output>, ::std::string::String> {
+                    INSTANCE.with(|cell| match cell.borrow_mut().as_mut() {
+                        ::std::option::Option::Some(aggregator) => {
+                            $crate::Aggregator::process_batch(aggregator, batch_key, batch)
+                        }
+                        ::std::option::Option::None => ::std::result::Result::Err("plugin used before init".into()),
+                    })
+                }
+            }
+
+            $crate::__private::aggregator_world::export_aggregator_world!(
+                WeirAggregator with_types_in $crate::__private::aggregator_world
+            );
+        };
+    };
+}
+
+#[doc(hidden)]
+pub mod __private {
+    pub use weir_sdk_aggregator_world as aggregator_world;
+    pub use weir_sdk_processor_world as processor_world;
+
+    use crate::Outcome;
+
+    /// Keeps the one-outcome-per-input contract even when a hand-written
+    /// `process_batch` gets it wrong, so the host can tell which message failed.
+    pub fn checked_outcomes(inputs: usize, mut outcomes: Vec<Outcome>) -> Vec<Outcome> {
+        if outcomes.len() != inputs {
+            let reason = format!("process_batch returned {} outcomes for {} messages", outcomes.len(), inputs);
+            outcomes.clear();
+            outcomes.resize_with(inputs, || Outcome::fail(reason.clone()));
+        }
+        outcomes
+    }
+
+    pub fn not_initialised(inputs: usize) -> Vec<Outcome> {
+        (0..inputs).map(|_| Outcome::fail("plugin used before init")).collect()
+    }
+}
