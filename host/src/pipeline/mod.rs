@@ -98,6 +98,8 @@ pub struct StageSummary {
     pub skipped: u64,
     /// Traps.
     pub traps: u64,
+    /// Retry attempts (per message).
+    pub retries: u64,
     /// Plugin-defined counters.
     pub counters: std::collections::BTreeMap<String, u64>,
 }
@@ -310,6 +312,7 @@ impl Pipeline {
                         dead_lettered: s.dead_lettered.load(Ordering::Relaxed),
                         skipped: s.skipped.load(Ordering::Relaxed),
                         traps: s.traps.load(Ordering::Relaxed),
+                        retries: s.retries.load(Ordering::Relaxed),
                         counters: ctx.counters.snapshot(),
                     },
                 )

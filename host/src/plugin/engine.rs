@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -59,7 +59,7 @@ impl Runtime {
             disk_cache: ComponentCache::from_env(),
             loaded: Mutex::new(HashMap::new()),
         });
-        start_epoch_clock(Arc::downgrade(&inner));
+        start_epoch_clock(inner.engine.weak());
         Ok(Runtime { inner })
     }
 
@@ -109,15 +109,16 @@ impl Runtime {
     }
 }
 
-/// Advances the engine's epoch every [`EPOCH_TICK`] until the runtime is
-/// dropped; stores turn "N ticks from now" into their per-call deadline.
-fn start_epoch_clock(runtime: Weak<RuntimeInner>) {
+/// Advances the engine's epoch every [`EPOCH_TICK`] for as long as anything
+/// (runtime, plugin, store) still holds the engine; stores turn "N ticks from
+/// now" into their per-call deadline.
+fn start_epoch_clock(engine: wasmtime::EngineWeak) {
     std::thread::Builder::new()
         .name("weir-epoch".into())
         .spawn(move || {
-            while let Some(runtime) = runtime.upgrade() {
-                runtime.engine.increment_epoch();
-                drop(runtime);
+            while let Some(engine) = engine.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
                 std::thread::sleep(EPOCH_TICK);
             }
         })
