@@ -11,6 +11,7 @@ pub mod batch;
 pub mod control;
 pub mod dead_letter;
 pub mod dispatch;
+pub mod logic;
 pub mod router;
 pub mod sink;
 pub mod stage;
@@ -28,7 +29,9 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{ConfigError, Dispatch, GroupBy, PipelineConfig, StageConfig};
 use crate::connectors::{SinkSpec, SourceContext, SourceSpec};
 use crate::plugin::state::StageState;
-use crate::plugin::{Instance, Plugin, Runtime, StageContext};
+use crate::plugin::{Runtime, StageContext};
+pub use logic::{NativeFn, NativeStages, StageLogic};
+use logic::Runner;
 use batch::{Batch, BatchPolicy};
 use control::Control;
 use dead_letter::DeadLetter;
@@ -51,8 +54,8 @@ pub struct Pipeline {
 
 struct PreparedStage {
     context: Arc<StageContext>,
-    plugin: Plugin,
-    trial: Instance,
+    logic: StageLogic,
+    trial: Runner,
     concurrency: usize,
     mode: dispatch::Mode,
     ordered: bool,
@@ -115,6 +118,12 @@ impl Pipeline {
     /// Checks and prepares everything: connectors, plugins (built from
     /// source folders if needed, compiled, checked, initialised once).
     pub fn prepare(config: &PipelineConfig, runtime: &Runtime) -> Result<Self, PrepareError> {
+        Self::prepare_with(config, runtime, &NativeStages::new())
+    }
+
+    /// Like [`Pipeline::prepare`], with native functions for the stages
+    /// whose `plugin` is `native:NAME`.
+    pub fn prepare_with(config: &PipelineConfig, runtime: &Runtime, natives: &NativeStages) -> Result<Self, PrepareError> {
         let sources = config
             .sources
             .iter()
@@ -148,7 +157,7 @@ impl Pipeline {
         let stages = config
             .stages
             .iter()
-            .map(|s| prepare_stage(s, config, runtime, &state_dir))
+            .map(|s| prepare_stage(s, config, runtime, natives, &state_dir))
             .collect::<Result<Vec<_>, ConfigError>>()?;
         Ok(Pipeline { sources, stages, sinks, dead_letter })
     }
@@ -209,7 +218,7 @@ impl Pipeline {
             });
             let stage = Arc::new(Stage {
                 context: prepared.context.clone(),
-                plugin: prepared.plugin,
+                logic: prepared.logic,
                 policy: prepared.policy,
                 downstream: next_hop.clone(),
                 dead_letter: dead_letter.clone(),
@@ -342,12 +351,20 @@ fn prepare_stage(
     stage: &StageConfig,
     config: &PipelineConfig,
     runtime: &Runtime,
+    natives: &NativeStages,
     state_dir: &std::path::Path,
 ) -> Result<PreparedStage, ConfigError> {
     let at = |m: String| config.error_at(&stage.plugin, format!("stage `{}`: {m}", stage.name));
-    let path = config.resolve(stage.plugin.get_ref());
-    let wasm = resolve_plugin(&path).map_err(at)?;
-    let plugin = runtime.load_file(&wasm).map_err(|e| at(format!("{e:#}")))?;
+    let logic = match stage.plugin.get_ref().strip_prefix("native:") {
+        Some(name) => StageLogic::Native(
+            natives.get(name).cloned().ok_or_else(|| at(format!("no native stage `{name}` is registered")))?,
+        ),
+        None => {
+            let path = config.resolve(stage.plugin.get_ref());
+            let wasm = resolve_plugin(&path).map_err(at)?;
+            StageLogic::Wasm(runtime.load_file(&wasm).map_err(|e| at(format!("{e:#}")))?)
+        }
+    };
     let state = StageState::open(state_dir.join(format!("{}.state", stage.name))).map_err(|e| at(format!("{e:#}")))?;
     let context = Arc::new(StageContext {
         name: stage.name.as_str().into(),
@@ -358,8 +375,10 @@ fn prepare_stage(
     });
     // A trial instance proves the plugin starts with this config before any
     // data moves; it then becomes the first worker's instance.
-    let trial = Instance::new(&plugin, context.clone()).map_err(|e| at(e.to_string()))?;
-    tracing::info!(stage = stage.name, version = %plugin.version(), world = %plugin.world(), "plugin loaded");
+    let trial = logic.start(context.clone()).map_err(|e| at(e.to_string()))?;
+    if let StageLogic::Wasm(plugin) = &logic {
+        tracing::info!(stage = stage.name, version = %plugin.version(), world = %plugin.world(), "plugin loaded");
+    }
     let mode = match stage.dispatch {
         Dispatch::RoundRobin => dispatch::Mode::RoundRobin,
         Dispatch::Broadcast => dispatch::Mode::Broadcast,
@@ -373,7 +392,7 @@ fn prepare_stage(
     };
     Ok(PreparedStage {
         context,
-        plugin,
+        logic,
         trial,
         concurrency: stage.concurrency,
         mode,

@@ -19,7 +19,8 @@ use super::dead_letter::DeadLetter;
 use super::router::{Downstream, Outputs};
 use crate::config::{OnError, RetryExhausted};
 use crate::message::{Message, Outcome, Output};
-use crate::plugin::{Instance, InstanceError, Plugin, StageContext, World};
+use super::logic::{Runner, StageLogic};
+use crate::plugin::{InstanceError, StageContext, World};
 
 /// What a stage does with a message that failed or trapped.
 #[derive(Debug, Clone, Copy)]
@@ -76,8 +77,8 @@ pub struct Work {
 pub struct Stage {
     /// Name and plugin context (config, state, counters, limits).
     pub context: Arc<StageContext>,
-    /// The plugin version instances are made from.
-    pub plugin: Plugin,
+    /// What the instances run.
+    pub logic: StageLogic,
     /// Failure policy.
     pub policy: ErrorPolicy,
     /// Where outputs go.
@@ -98,7 +99,7 @@ struct Fatal(String);
 /// One worker: an instance and the loop that feeds it.
 pub(crate) struct Worker {
     stage: Arc<Stage>,
-    instance: Option<Instance>,
+    instance: Option<Runner>,
 }
 
 type Result<T> = std::result::Result<T, Fatal>;
@@ -107,7 +108,7 @@ type Resolved = std::result::Result<Vec<Output>, String>;
 
 impl Worker {
     /// A worker, optionally starting from an already initialised instance.
-    pub(crate) fn new(stage: Arc<Stage>, instance: Option<Instance>) -> Self {
+    pub(crate) fn new(stage: Arc<Stage>, instance: Option<Runner>) -> Self {
         Worker { stage, instance }
     }
 
@@ -119,7 +120,7 @@ impl Worker {
                 continue;
             }
             let seq = work.seq;
-            let outputs = match self.stage.plugin.world() {
+            let outputs = match self.stage.logic.world() {
                 World::Processor => self.process(work),
                 World::Aggregator => self.aggregate(work),
             };
@@ -139,9 +140,12 @@ impl Worker {
         }
     }
 
-    fn instance(&mut self) -> Result<&mut Instance> {
+    fn instance(&mut self) -> Result<&mut Runner> {
         if self.instance.is_none() {
-            let instance = Instance::new(&self.stage.plugin, self.stage.context.clone())
+            let instance = self
+                .stage
+                .logic
+                .start(self.stage.context.clone())
                 .map_err(|e| Fatal(format!("cannot start a fresh plugin instance: {e}")))?;
             self.instance = Some(instance);
         }

@@ -15,6 +15,7 @@ mod instance;
 mod limits;
 mod logging;
 pub mod state;
+pub mod swap;
 
 pub use engine::Runtime;
 pub use inspect::World;
