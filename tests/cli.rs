@@ -237,7 +237,12 @@ fn run_refuses_dead_letter_policy_without_dead_letter_section() {
 
 #[test]
 fn run_accepts_dead_letter_policy_with_dead_letter_section() {
-    let text = pipeline("gen://?count=1", &passthrough(), r#"on_error = "dead-letter""#, "\n[dead_letter]\nuri = \"null://\"\n");
+    let text = pipeline(
+        "gen://?count=1",
+        &passthrough(),
+        r#"on_error = "dead-letter""#,
+        "\n[dead_letter]\nuri = \"null://\"\n",
+    );
     let scratch = Scratch::new();
     let file = scratch.write("pipeline.toml", &text);
     weir_ok(&["run", path_str(&file)]);

@@ -8,6 +8,7 @@
 //! - [`config`]: the pipeline file.
 //! - [`cli`]: the `weir` command.
 
+pub mod admin;
 pub mod config;
 pub mod message;
 pub mod plugin;

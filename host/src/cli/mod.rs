@@ -36,6 +36,12 @@ enum Command {
         /// The pipeline file (TOML).
         file: PathBuf,
     },
+    /// Run a pipeline, rebuilding and hot-swapping each stage's plugin when
+    /// its source (or .wasm) changes.
+    Dev {
+        /// The pipeline file (TOML).
+        file: PathBuf,
+    },
     /// Check a plugin: the world it implements, its exports and imports.
     Check {
         /// A .wasm component.
@@ -59,7 +65,8 @@ pub fn main() -> i32 {
     };
     init_logging(cli.log.as_deref());
     match cli.command {
-        Command::Run { file } => run::run(&file),
+        Command::Run { file } => run::run(&file, false),
+        Command::Dev { file } => run::run(&file, true),
         Command::Check { plugin } => check::check(&plugin),
         Command::Build { dir } => build::build(&dir),
     }

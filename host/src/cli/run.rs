@@ -1,6 +1,7 @@
 //! `weir run FILE`.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
@@ -8,8 +9,12 @@ use super::{EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, report_error};
 use crate::config::PipelineConfig;
 use crate::pipeline::{Pipeline, RunReport};
 use crate::plugin::Runtime;
+use crate::plugin::swap::{HotPlugin, Reloaded};
+use crate::plugin::watch;
 
-pub(super) fn run(file: &Path) -> i32 {
+/// `weir run` (`dev = false`) and `weir dev` (`dev = true`: every stage's
+/// plugin origin is watched, rebuilt and hot-swapped, one line per swap).
+pub(super) fn run(file: &Path, dev: bool) -> i32 {
     let config = match PipelineConfig::load(file) {
         Ok(c) => c,
         Err(e) => {
@@ -32,6 +37,19 @@ pub(super) fn run(file: &Path) -> i32 {
             return EXIT_USAGE;
         }
     };
+    let admin = match config.admin.as_ref().map(|a| {
+        std::net::TcpListener::bind(a.listen.get_ref()).and_then(|l| l.set_nonblocking(true).map(|()| l)).map_err(|e| {
+            config.error_at(&a.listen, format!("[admin] listen: cannot listen on {}: {e}", a.listen.get_ref()))
+        })
+    }) {
+        Some(Err(mut e)) => {
+            e.file = Some(file.to_path_buf());
+            report_error(e);
+            return EXIT_USAGE;
+        }
+        Some(Ok(listener)) => Some(listener),
+        None => None,
+    };
     let tokio = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("weir-io").build();
     let tokio = match tokio {
         Ok(t) => t,
@@ -43,7 +61,30 @@ pub(super) fn run(file: &Path) -> i32 {
     let report = tokio.block_on(async {
         let shutdown = CancellationToken::new();
         tokio::spawn(watch_signals(shutdown.clone()));
-        pipeline.run(shutdown).await
+        let hot = pipeline.hot_plugins();
+        tokio::spawn(reload_on_hangup(hot.clone()));
+        if let Some(listener) = admin {
+            match tokio::net::TcpListener::from_std(listener) {
+                Ok(listener) => {
+                    tracing::info!(
+                        "admin API on http://{}",
+                        listener.local_addr().map(|a| a.to_string()).unwrap_or_default()
+                    );
+                    tokio::spawn(crate::admin::serve(listener, hot.clone(), shutdown.clone()));
+                }
+                Err(e) => report_error(format!("admin listener: {e}")),
+            }
+        }
+        let mut watches = Vec::new();
+        for plugin in hot.iter().filter(|h| dev || pipeline.watched().iter().any(|w| w == h.stage())) {
+            match watch::watch(plugin.clone(), print_reload) {
+                Ok(guard) => watches.push(guard),
+                Err(e) => report_error(format!("stage `{}`: cannot watch its plugin: {e:#}", plugin.stage())),
+            }
+        }
+        let report = pipeline.run(shutdown).await;
+        drop(watches);
+        report
     });
     summarise(&report);
     if report.success() { EXIT_OK } else { EXIT_RUNTIME }
@@ -63,6 +104,39 @@ async fn watch_signals(shutdown: CancellationToken) {
     tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
     eprintln!("weir: second signal, exiting without draining");
     std::process::exit(130);
+}
+
+/// SIGHUP: reload every stage's plugin from its configured path.
+async fn reload_on_hangup(hot: Vec<Arc<HotPlugin>>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hangup) = signal(SignalKind::hangup()) else { return };
+    while hangup.recv().await.is_some() {
+        tracing::info!("SIGHUP: reloading every stage's plugin");
+        for plugin in &hot {
+            let plugin = plugin.clone();
+            let _ = tokio::task::spawn_blocking(move || print_reload(&plugin, plugin.reload())).await;
+        }
+    }
+}
+
+/// One line per swap attempt, for the person at the terminal.
+fn print_reload(hot: &HotPlugin, result: Result<Option<Reloaded>, String>) {
+    match result {
+        Ok(Some(r)) => eprintln!(
+            "weir: stage `{}` swapped {} → {} (build {:.1?}, swap {:.1?})",
+            hot.stage(),
+            r.swapped.from,
+            r.swapped.to,
+            r.build,
+            r.swapped.prepare
+        ),
+        Ok(None) => tracing::debug!(stage = hot.stage(), "plugin unchanged"),
+        Err(reason) => eprintln!(
+            "weir: stage `{}` keeps running {}: the new version was refused: {reason}",
+            hot.stage(),
+            hot.current().version()
+        ),
+    }
 }
 
 fn summarise(report: &RunReport) {

@@ -6,6 +6,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::message::{Message, Outcome};
+use crate::plugin::swap::HotPlugin;
 use crate::plugin::{Instance, InstanceError, Plugin, StageContext, World};
 
 /// A native processor: one outcome per input, by position, like the WIT
@@ -18,8 +19,8 @@ pub type NativeStages = HashMap<String, NativeFn>;
 /// The logic of a stage.
 #[derive(Clone)]
 pub enum StageLogic {
-    /// A WASM component.
-    Wasm(Plugin),
+    /// A WASM component, swappable while running.
+    Wasm(Arc<HotPlugin>),
     /// A native function (always a processor).
     Native(NativeFn),
 }
@@ -27,7 +28,7 @@ pub enum StageLogic {
 impl fmt::Debug for StageLogic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            StageLogic::Wasm(plugin) => plugin.fmt(f),
+            StageLogic::Wasm(hot) => hot.current().fmt(f),
             StageLogic::Native(_) => f.write_str("Native"),
         }
     }
@@ -37,16 +38,26 @@ impl StageLogic {
     /// The world the logic implements.
     pub fn world(&self) -> World {
         match self {
-            StageLogic::Wasm(plugin) => plugin.world(),
+            StageLogic::Wasm(hot) => hot.world(),
             StageLogic::Native(_) => World::Processor,
         }
     }
 
-    /// A running copy: an instance with `init` called, or the function.
-    pub fn start(&self, context: Arc<StageContext>) -> Result<Runner, InstanceError> {
-        Ok(match self {
-            StageLogic::Wasm(plugin) => Runner::Wasm(Instance::new(plugin, context)?),
-            StageLogic::Native(f) => Runner::Native(f.clone()),
+    /// The version the next batch runs on (`None` for native logic).
+    pub fn version(&self) -> Option<Arc<Plugin>> {
+        match self {
+            StageLogic::Wasm(hot) => Some(hot.current()),
+            StageLogic::Native(_) => None,
+        }
+    }
+
+    /// A running copy of `version` (from [`StageLogic::version`]): an
+    /// instance with `init` called, or the function.
+    pub fn start(&self, version: Option<&Plugin>, context: Arc<StageContext>) -> Result<Runner, InstanceError> {
+        Ok(match (self, version) {
+            (StageLogic::Native(f), _) => Runner::Native(f.clone()),
+            (StageLogic::Wasm(_), Some(plugin)) => Runner::Wasm(Instance::new(plugin, context)?),
+            (StageLogic::Wasm(hot), None) => Runner::Wasm(Instance::new(&hot.current(), context)?),
         })
     }
 }

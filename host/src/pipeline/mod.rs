@@ -29,12 +29,13 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{ConfigError, Dispatch, GroupBy, PipelineConfig, StageConfig};
 use crate::connectors::{SinkSpec, SourceContext, SourceSpec};
 use crate::plugin::state::StageState;
+use crate::plugin::swap::HotPlugin;
 use crate::plugin::{Runtime, StageContext};
-pub use logic::{NativeFn, NativeStages, StageLogic};
-use logic::Runner;
 use batch::{Batch, BatchPolicy};
 use control::Control;
 use dead_letter::DeadLetter;
+use logic::Runner;
+pub use logic::{NativeFn, NativeStages, StageLogic};
 use router::Downstream;
 use sink::SinkStats;
 use stage::{ErrorPolicy, Stage, StageStats, Worker};
@@ -50,11 +51,13 @@ pub struct Pipeline {
     stages: Vec<PreparedStage>,
     sinks: Vec<PreparedSink>,
     dead_letter: Option<SinkSpec>,
+    watched: Vec<String>,
 }
 
 struct PreparedStage {
     context: Arc<StageContext>,
     logic: StageLogic,
+    version: Option<Arc<crate::plugin::Plugin>>,
     trial: Runner,
     concurrency: usize,
     mode: dispatch::Mode,
@@ -123,7 +126,11 @@ impl Pipeline {
 
     /// Like [`Pipeline::prepare`], with native functions for the stages
     /// whose `plugin` is `native:NAME`.
-    pub fn prepare_with(config: &PipelineConfig, runtime: &Runtime, natives: &NativeStages) -> Result<Self, PrepareError> {
+    pub fn prepare_with(
+        config: &PipelineConfig,
+        runtime: &Runtime,
+        natives: &NativeStages,
+    ) -> Result<Self, PrepareError> {
         let sources = config
             .sources
             .iter()
@@ -159,7 +166,24 @@ impl Pipeline {
             .iter()
             .map(|s| prepare_stage(s, config, runtime, natives, &state_dir))
             .collect::<Result<Vec<_>, ConfigError>>()?;
-        Ok(Pipeline { sources, stages, sinks, dead_letter })
+        let watched = config.stages.iter().filter(|s| s.watch).map(|s| s.name.clone()).collect();
+        Ok(Pipeline { sources, stages, sinks, dead_letter, watched })
+    }
+
+    /// The swappable plugins of the WASM stages (hot swap, admin API).
+    pub fn hot_plugins(&self) -> Vec<Arc<HotPlugin>> {
+        self.stages
+            .iter()
+            .filter_map(|s| match &s.logic {
+                StageLogic::Wasm(hot) => Some(hot.clone()),
+                StageLogic::Native(_) => None,
+            })
+            .collect()
+    }
+
+    /// Names of the stages with `watch = true`.
+    pub fn watched(&self) -> &[String] {
+        &self.watched
     }
 
     /// Runs until the sources end (bounded) or `shutdown` fires, then drains.
@@ -231,7 +255,7 @@ impl Pipeline {
             for index in 0..prepared.concurrency {
                 let (tx, rx) = mpsc::channel(2);
                 instance_senders.push(tx);
-                let worker = Worker::new(stage.clone(), trial.take());
+                let worker = Worker::new(stage.clone(), prepared.version.clone(), trial.take());
                 let thread = std::thread::Builder::new()
                     .name(format!("weir-{}-{index}", prepared.context.name))
                     .spawn(move || worker.run(rx))
@@ -355,16 +379,6 @@ fn prepare_stage(
     state_dir: &std::path::Path,
 ) -> Result<PreparedStage, ConfigError> {
     let at = |m: String| config.error_at(&stage.plugin, format!("stage `{}`: {m}", stage.name));
-    let logic = match stage.plugin.get_ref().strip_prefix("native:") {
-        Some(name) => StageLogic::Native(
-            natives.get(name).cloned().ok_or_else(|| at(format!("no native stage `{name}` is registered")))?,
-        ),
-        None => {
-            let path = config.resolve(stage.plugin.get_ref());
-            let wasm = resolve_plugin(&path).map_err(at)?;
-            StageLogic::Wasm(runtime.load_file(&wasm).map_err(|e| at(format!("{e:#}")))?)
-        }
-    };
     let state = StageState::open(state_dir.join(format!("{}.state", stage.name))).map_err(|e| at(format!("{e:#}")))?;
     let context = Arc::new(StageContext {
         name: stage.name.as_str().into(),
@@ -373,10 +387,22 @@ fn prepare_stage(
         counters: Arc::default(),
         limits: stage.limits(),
     });
+    let logic = match stage.plugin.get_ref().strip_prefix("native:") {
+        Some(name) => StageLogic::Native(
+            natives.get(name).cloned().ok_or_else(|| at(format!("no native stage `{name}` is registered")))?,
+        ),
+        None => {
+            let path = config.resolve(stage.plugin.get_ref());
+            let wasm = resolve_plugin(&path).map_err(at)?;
+            let plugin = runtime.load_file(&wasm).map_err(|e| at(format!("{e:#}")))?;
+            StageLogic::Wasm(Arc::new(HotPlugin::new(runtime.clone(), context.clone(), plugin, path)))
+        }
+    };
     // A trial instance proves the plugin starts with this config before any
     // data moves; it then becomes the first worker's instance.
-    let trial = logic.start(context.clone()).map_err(|e| at(e.to_string()))?;
-    if let StageLogic::Wasm(plugin) = &logic {
+    let version = logic.version();
+    let trial = logic.start(version.as_deref(), context.clone()).map_err(|e| at(e.to_string()))?;
+    if let Some(plugin) = &version {
         tracing::info!(stage = stage.name, version = %plugin.version(), world = %plugin.world(), "plugin loaded");
     }
     let mode = match stage.dispatch {
@@ -393,6 +419,7 @@ fn prepare_stage(
     Ok(PreparedStage {
         context,
         logic,
+        version,
         trial,
         concurrency: stage.concurrency,
         mode,

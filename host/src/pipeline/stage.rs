@@ -16,10 +16,10 @@ use super::ack::AckToken;
 use super::batch::Batch;
 use super::control::Control;
 use super::dead_letter::DeadLetter;
+use super::logic::{Runner, StageLogic};
 use super::router::{Downstream, Outputs};
 use crate::config::{OnError, RetryExhausted};
 use crate::message::{Message, Outcome, Output};
-use super::logic::{Runner, StageLogic};
 use crate::plugin::{InstanceError, StageContext, World};
 
 /// What a stage does with a message that failed or trapped.
@@ -99,6 +99,8 @@ struct Fatal(String);
 /// One worker: an instance and the loop that feeds it.
 pub(crate) struct Worker {
     stage: Arc<Stage>,
+    /// The plugin version this worker runs; `None` for native logic.
+    version: Option<Arc<crate::plugin::Plugin>>,
     instance: Option<Runner>,
 }
 
@@ -108,8 +110,22 @@ type Resolved = std::result::Result<Vec<Output>, String>;
 
 impl Worker {
     /// A worker, optionally starting from an already initialised instance.
-    pub(crate) fn new(stage: Arc<Stage>, instance: Option<Runner>) -> Self {
-        Worker { stage, instance }
+    pub(crate) fn new(
+        stage: Arc<Stage>,
+        version: Option<Arc<crate::plugin::Plugin>>,
+        instance: Option<Runner>,
+    ) -> Self {
+        Worker { stage, version, instance }
+    }
+
+    /// Between batches: moves to the published plugin version, if it changed.
+    /// The whole next batch (bisection included) then runs on that version.
+    fn follow_swaps(&mut self) {
+        let Some(current) = self.stage.logic.version() else { return };
+        if self.version.as_ref().is_none_or(|v| !Arc::ptr_eq(v, &current)) {
+            self.version = Some(current);
+            self.instance = None;
+        }
     }
 
     /// Processes work until the dispatcher closes the channel.
@@ -119,6 +135,7 @@ impl Worker {
                 // Halted: process nothing more. Dropped work stays unacknowledged.
                 continue;
             }
+            self.follow_swaps();
             let seq = work.seq;
             let outputs = match self.stage.logic.world() {
                 World::Processor => self.process(work),
@@ -145,7 +162,7 @@ impl Worker {
             let instance = self
                 .stage
                 .logic
-                .start(self.stage.context.clone())
+                .start(self.version.as_deref(), self.stage.context.clone())
                 .map_err(|e| Fatal(format!("cannot start a fresh plugin instance: {e}")))?;
             self.instance = Some(instance);
         }

@@ -16,6 +16,7 @@ mod limits;
 mod logging;
 pub mod state;
 pub mod swap;
+pub mod watch;
 
 pub use engine::Runtime;
 pub use inspect::World;

@@ -136,14 +136,20 @@ impl HotPlugin {
     /// Records a version that could not even be built.
     pub fn refuse(&self, version: Option<String>, reason: String) -> String {
         tracing::error!(stage = self.stage(), "new plugin version refused, the running one stays: {reason}");
-        self.history.lock().last_refused = Some(Refusal { version, reason: reason.clone(), at_ms: epoch_ms(SystemTime::now()) });
+        self.history.lock().last_refused =
+            Some(Refusal { version, reason: reason.clone(), at_ms: epoch_ms(SystemTime::now()) });
         reason
     }
 
     fn prepare(&self, bytes: &[u8]) -> Result<Plugin, String> {
         let plugin = self.runtime.load_bytes(bytes).map_err(|e| format!("{e:#}"))?;
         if plugin.world() != self.world {
-            return Err(format!("the new version is a {} but stage `{}` runs a {}", plugin.world(), self.stage(), self.world));
+            return Err(format!(
+                "the new version is a {} but stage `{}` runs a {}",
+                plugin.world(),
+                self.stage(),
+                self.world
+            ));
         }
         // A trial instance proves the version starts with this stage's config.
         Instance::new(&plugin, self.context.clone()).map_err(|e| e.to_string())?;
@@ -156,7 +162,13 @@ impl HotPlugin {
         let swapped = Swapped { from: old.version().short(), to: self.current.load().version().short(), prepare };
         history.previous = Some((*old).clone());
         history.last_swap = Some(SystemTime::now());
-        tracing::info!(stage = self.stage(), "plugin swapped {} → {} (prepared in {:.1?})", swapped.from, swapped.to, prepare);
+        tracing::info!(
+            stage = self.stage(),
+            "plugin swapped {} → {} (prepared in {:.1?})",
+            swapped.from,
+            swapped.to,
+            prepare
+        );
         swapped
     }
 
@@ -172,5 +184,35 @@ impl HotPlugin {
             last_refused: history.last_refused.clone(),
             origin: self.origin.display().to_string(),
         }
+    }
+}
+
+/// A reload from the plugin's origin: how long the build and the swap took.
+#[derive(Debug, Clone)]
+pub struct Reloaded {
+    /// The swap itself.
+    pub swapped: Swapped,
+    /// Building the source folder (zero for a `.wasm` origin).
+    pub build: Duration,
+}
+
+impl HotPlugin {
+    /// Rebuilds (source folder) or re-reads (`.wasm`) the plugin's origin and
+    /// swaps it in. A version identical to the running one is not swapped.
+    /// Blocking: call from a blocking thread.
+    pub fn reload(&self) -> Result<Option<Reloaded>, String> {
+        let started = Instant::now();
+        let wasm = if self.origin.is_dir() {
+            super::build::build(&self.origin).map_err(|e| self.refuse(None, format!("build failed: {e:#}")))?
+        } else {
+            self.origin.clone()
+        };
+        let build = if self.origin.is_dir() { started.elapsed() } else { Duration::ZERO };
+        let bytes =
+            std::fs::read(&wasm).map_err(|e| self.refuse(None, format!("cannot read {}: {e}", wasm.display())))?;
+        if super::VersionId::of(&bytes) == *self.current().version() {
+            return Ok(None);
+        }
+        Ok(Some(Reloaded { swapped: self.swap_bytes(&bytes)?, build }))
     }
 }
