@@ -399,6 +399,27 @@ impl PipelineConfig {
         ConfigError::at(&self.text, value.span(), message)
     }
 
+    /// An error about `key` of the table that holds `anchor` (e.g. a stage's
+    /// `on_error`, anchored at its `plugin`): at the key's own line when it is
+    /// written in that table, else at the anchor's.
+    pub fn error_at_key<T>(&self, anchor: &Spanned<T>, key: &str, message: impl Into<String>) -> ConfigError {
+        let start = anchor.span().start.min(self.text.len());
+        let table_start = self.text[..start].rfind("\n[").map_or(0, |i| i + 1);
+        let table_end = self.text[start..].find("\n[").map_or(self.text.len(), |i| start + i);
+        let mut offset = table_start;
+        for line in self.text[table_start..table_end].split_inclusive('\n') {
+            let trimmed = line.trim_start();
+            let written = trimmed.strip_prefix(key).is_some_and(|rest| rest.trim_start().starts_with('='))
+                || line.contains(&format!("{{ {key} ="))
+                || line.contains(&format!(", {key} ="));
+            if written {
+                return ConfigError { file: None, line: Some(line_of(&self.text, offset)), message: message.into() };
+            }
+            offset += line.len();
+        }
+        self.error_at(anchor, message)
+    }
+
     /// The state folder.
     pub fn state_dir(&self) -> PathBuf {
         self.resolve(self.state.dir.as_deref().unwrap_or(".weir/state"))
@@ -443,20 +464,23 @@ impl PipelineConfig {
     }
 
     fn validate_stage(&self, stage: &StageConfig) -> Result<(), ConfigError> {
-        let at = |m: String| self.error_at(&stage.plugin, format!("stage `{}`: {m}", stage.name));
+        let at = |key: &str, m: &str| self.error_at_key(&stage.plugin, key, format!("stage `{}`: {m}", stage.name));
         if stage.concurrency == 0 {
-            return Err(at("concurrency must be at least 1".into()));
+            return Err(at("concurrency", "concurrency must be at least 1"));
         }
         if stage.batch.max_size == 0 {
-            return Err(at("batch.max_size must be at least 1".into()));
+            return Err(at("max_size", "batch.max_size must be at least 1"));
         }
-        if stage.limits.memory_mb == 0 || stage.limits.deadline_ms == 0 {
-            return Err(at("limits.memory_mb and limits.deadline_ms must be at least 1".into()));
+        if stage.limits.memory_mb == 0 {
+            return Err(at("memory_mb", "limits.memory_mb must be at least 1"));
+        }
+        if stage.limits.deadline_ms == 0 {
+            return Err(at("deadline_ms", "limits.deadline_ms must be at least 1"));
         }
         if stage.ordered && stage.dispatch != Dispatch::RoundRobin {
             return Err(at(
-                "`ordered = true` applies to dispatch = \"round-robin\" only (partition keeps per-key order already)"
-                    .into(),
+                "ordered",
+                "`ordered = true` applies to dispatch = \"round-robin\" only (partition keeps per-key order already)",
             ));
         }
         match (&stage.partition_by, stage.dispatch) {
@@ -478,8 +502,10 @@ impl PipelineConfig {
         let needs_dead_letter = stage.on_error == OnError::DeadLetter
             || (stage.on_error == OnError::Retry && stage.on_retry_exhausted == RetryExhausted::DeadLetter);
         if needs_dead_letter && self.dead_letter.is_none() {
+            let key = if stage.on_error == OnError::Retry { "on_retry_exhausted" } else { "on_error" };
             return Err(at(
-                "on_error sends failures to the dead letter, but the file has no [dead_letter] section".into()
+                key,
+                &format!("`{key}` sends failures to the dead letter, but the file has no [dead_letter] section"),
             ));
         }
         for (key, value) in &stage.config {
@@ -513,7 +539,24 @@ fn unique_names<'a, T: 'a>(
 
 fn toml_error(text: &str, error: &toml::de::Error) -> ConfigError {
     let line = error.span().map(|s| line_of(text, s.start));
-    ConfigError { file: None, line, message: error.message().trim().to_string() }
+    let mut message = error.message().trim().to_string();
+    // Type errors point at the value; name the key it belongs to.
+    if let Some(key) = error.span().and_then(|s| key_before(text, s.start)) {
+        if !message.contains(&format!("`{key}`")) {
+            message = format!("`{key}`: {message}");
+        }
+    }
+    ConfigError { file: None, line, message }
+}
+
+/// The key of the `key = value` whose value starts at `offset`.
+fn key_before(text: &str, offset: usize) -> Option<String> {
+    let before = text.get(..offset)?.trim_end().strip_suffix('=')?.trim_end();
+    let start = before
+        .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.' || c == '"'))
+        .map_or(0, |i| i + 1);
+    let key = before[start..].trim_matches('"');
+    (!key.is_empty()).then(|| key.to_string())
 }
 
 /// What a dynamic batch or partition key is taken from.

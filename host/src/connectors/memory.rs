@@ -83,6 +83,16 @@ impl MemoryOutput {
         self.writes.lock().clone()
     }
 
+    /// The writes from the `skip`-th on (cheap polling of a growing output).
+    pub fn writes_since(&self, skip: usize) -> Vec<Vec<Message>> {
+        self.writes.lock().iter().skip(skip).cloned().collect()
+    }
+
+    /// Number of write calls so far.
+    pub fn write_count(&self) -> usize {
+        self.writes.lock().len()
+    }
+
     /// Number of messages written.
     pub fn len(&self) -> usize {
         self.writes.lock().iter().map(Vec::len).sum()

@@ -30,6 +30,7 @@ use crate::config::{ConfigError, Format, PipelineConfig, SinkConfig, SourceConfi
 use crate::message::Message;
 use crate::pipeline::ack::{AckToken, AckTracker, Released};
 use crate::pipeline::batch::Batch;
+use crate::pipeline::control::Control;
 use crate::pipeline::dead_letter::DeadLetter;
 
 pub use params::Params;
@@ -66,6 +67,7 @@ pub struct SourceContext {
     downstream: mpsc::Sender<Batch>,
     shutdown: CancellationToken,
     halted: Arc<AtomicBool>,
+    halt_signal: CancellationToken,
     dead_letter: DeadLetter,
 }
 
@@ -73,11 +75,17 @@ impl SourceContext {
     pub(crate) fn new(
         name: Arc<str>,
         downstream: mpsc::Sender<Batch>,
-        shutdown: CancellationToken,
-        halted: Arc<AtomicBool>,
+        control: &Control,
         dead_letter: DeadLetter,
     ) -> Self {
-        SourceContext { name, downstream, shutdown, halted, dead_letter }
+        SourceContext {
+            name,
+            downstream,
+            shutdown: control.shutdown().clone(),
+            halted: control.halted_flag(),
+            halt_signal: control.halt_signal().clone(),
+            dead_letter,
+        }
     }
 
     /// The source's name.
@@ -136,6 +144,8 @@ impl SourceContext {
             tokio::select! {
                 Some((partition, position)) = released.recv() => commit(partition, position),
                 _ = tracker.wait_idle() => {}
+                // A halt leaves batches that will never finish: stop waiting.
+                _ = self.halt_signal.cancelled() => return,
             }
         }
     }

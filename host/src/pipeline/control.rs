@@ -12,13 +12,15 @@ use tokio_util::sync::CancellationToken;
 pub struct Control {
     shutdown: CancellationToken,
     halted: Arc<AtomicBool>,
+    /// Fires on halt, to wake whoever waits for work that will now never finish.
+    halt_signal: CancellationToken,
     halt_reason: Arc<Mutex<Option<String>>>,
 }
 
 impl Control {
     /// Control for a run stopped by `shutdown`.
     pub fn new(shutdown: CancellationToken) -> Self {
-        Control { shutdown, halted: Arc::default(), halt_reason: Arc::default() }
+        Control { shutdown, halted: Arc::default(), halt_signal: CancellationToken::new(), halt_reason: Arc::default() }
     }
 
     /// Fires when sources must stop reading.
@@ -29,6 +31,11 @@ impl Control {
     /// The flag ack trackers watch.
     pub fn halted_flag(&self) -> Arc<AtomicBool> {
         self.halted.clone()
+    }
+
+    /// Fires when the pipeline halts.
+    pub fn halt_signal(&self) -> &CancellationToken {
+        &self.halt_signal
     }
 
     /// Whether the pipeline halted.
@@ -47,6 +54,7 @@ impl Control {
             }
         }
         self.halted.store(true, Ordering::Release);
+        self.halt_signal.cancel();
         self.shutdown.cancel();
     }
 

@@ -282,13 +282,7 @@ impl Pipeline {
         });
         let mut source_tasks = tokio::task::JoinSet::new();
         for (name, spec) in self.sources {
-            let ctx = SourceContext::new(
-                name.clone(),
-                source_tx.clone(),
-                control.shutdown().clone(),
-                control.halted_flag(),
-                dead_letter.clone(),
-            );
+            let ctx = SourceContext::new(name.clone(), source_tx.clone(), &control, dead_letter.clone());
             source_tasks.spawn(async move {
                 let source = spec.open().map_err(|e| anyhow::anyhow!("source `{name}`: {e:#}"))?;
                 source.run(ctx).await.map_err(|e| anyhow::anyhow!("source `{name}`: {e:#}"))
