@@ -74,6 +74,10 @@ pub struct PipelineConfig {
     /// The folder relative paths are resolved from (the file's folder).
     #[serde(skip)]
     pub base_dir: PathBuf,
+    /// The pipeline file, when the pipeline came from one (`weir relay`
+    /// builds one in memory).
+    #[serde(skip)]
+    pub file: Option<PathBuf>,
     /// The file's text, for error positions.
     #[serde(skip)]
     pub text: String,
@@ -109,6 +113,9 @@ pub struct SourceConfig {
     pub consumer: Option<String>,
     /// Start position: earliest, latest, or a timestamp / ID.
     pub start: Option<String>,
+    /// Redis: take over entries another consumer left pending for longer
+    /// than this many milliseconds (`XAUTOCLAIM`); 0 = never. Default 30000.
+    pub claim_idle_ms: Option<u64>,
     /// Connector-specific client properties, passed through.
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
@@ -373,10 +380,12 @@ impl PipelineConfig {
             message: format!("cannot read pipeline file: {e}"),
         })?;
         let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        Self::parse(&text, &base_dir).map_err(|mut e| {
+        let mut config = Self::parse(&text, &base_dir).map_err(|mut e| {
             e.file = Some(path.to_path_buf());
             e
-        })
+        })?;
+        config.file = Some(path.to_path_buf());
+        Ok(config)
     }
 
     /// Parses and validates pipeline text; relative paths resolve from `base_dir`.

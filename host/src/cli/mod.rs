@@ -4,6 +4,7 @@
 
 mod build;
 mod check;
+mod relay;
 mod run;
 
 use std::path::PathBuf;
@@ -52,6 +53,23 @@ enum Command {
         /// The plugin folder (a Rust crate).
         dir: PathBuf,
     },
+    /// Move messages from one connector to another, optionally through a
+    /// plugin: a one-line pipeline, e.g.
+    /// `weir relay --input file:///in.ndjson --output redis://127.0.0.1:6379/events`.
+    Relay {
+        /// Source URI (file://, stdio://, gen://, redis://, ...).
+        #[arg(long, value_name = "URI")]
+        input: String,
+        /// Sink URI (file://, stdio://, redis://, null://, ...).
+        #[arg(long, value_name = "URI")]
+        output: String,
+        /// A processor stage: a .wasm component or a plugin source folder.
+        #[arg(long, value_name = "PLUGIN")]
+        plugin: Option<PathBuf>,
+        /// Line format of file/stdio connectors (default ndjson).
+        #[arg(long, value_name = "FORMAT", value_parser = ["raw", "ndjson"])]
+        format: Option<String>,
+    },
 }
 
 /// Runs the CLI and returns the process exit code.
@@ -69,6 +87,9 @@ pub fn main() -> i32 {
         Command::Dev { file } => run::run(&file, true),
         Command::Check { plugin } => check::check(&plugin),
         Command::Build { dir } => build::build(&dir),
+        Command::Relay { input, output, plugin, format } => {
+            relay::relay(&relay::RelayArgs { input, output, plugin, format })
+        }
     }
 }
 

@@ -22,6 +22,12 @@ pub(super) fn run(file: &Path, dev: bool) -> i32 {
             return EXIT_USAGE;
         }
     };
+    run_config(&config, Some(file), dev)
+}
+
+/// Runs a loaded pipeline (from `file`, when it came from one): everything
+/// `weir run` does after reading its file, shared with `weir relay`.
+pub(super) fn run_config(config: &PipelineConfig, file: Option<&Path>, dev: bool) -> i32 {
     let runtime = match Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -29,10 +35,16 @@ pub(super) fn run(file: &Path, dev: bool) -> i32 {
             return EXIT_RUNTIME;
         }
     };
-    let pipeline = match Pipeline::prepare(&config, &runtime) {
+    let pipeline = match Pipeline::prepare(config, &runtime) {
         Ok(p) => p,
         Err(mut e) => {
-            e.file.get_or_insert_with(|| file.to_path_buf());
+            match file {
+                Some(file) => {
+                    e.file.get_or_insert_with(|| file.to_path_buf());
+                }
+                // A pipeline built in memory: its line numbers mean nothing.
+                None => e.line = None,
+            }
             report_error(e);
             return EXIT_USAGE;
         }
@@ -43,7 +55,7 @@ pub(super) fn run(file: &Path, dev: bool) -> i32 {
         })
     }) {
         Some(Err(mut e)) => {
-            e.file = Some(file.to_path_buf());
+            e.file = file.map(Path::to_path_buf);
             report_error(e);
             return EXIT_USAGE;
         }

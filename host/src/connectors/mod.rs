@@ -16,6 +16,7 @@ mod lines;
 pub mod memory;
 pub mod null;
 mod params;
+pub mod redis;
 pub mod stdio;
 
 use std::sync::Arc;
@@ -162,6 +163,8 @@ pub enum SourceSpec {
     Gen(generator::GenSpec),
     /// `memory://name`: an in-process queue.
     Memory(memory::MemorySourceSpec),
+    /// `redis://host:port/stream`: Redis Streams through a consumer group.
+    Redis(redis::RedisSourceSpec),
 }
 
 /// Default number of messages a source reads per batch.
@@ -179,12 +182,16 @@ impl SourceSpec {
             "stdio" => SourceSpec::Stdin(stdio::StdinSpec::parse(rest, source.format, batch).map_err(at)?),
             "gen" => SourceSpec::Gen(generator::GenSpec::parse(rest, batch).map_err(at)?),
             "memory" => SourceSpec::Memory(memory::MemorySourceSpec::parse(rest, batch).map_err(at)?),
-            other => return Err(at(unknown_scheme(other, "file, stdio, gen, memory"))),
+            "redis" => SourceSpec::Redis(redis::RedisSourceSpec::parse(rest, source, batch, pipeline).map_err(at)?),
+            other => return Err(at(unknown_scheme(other, "file, stdio, gen, memory, redis"))),
         };
+        // Keys a broker source takes; every other source refuses them.
+        let broker = matches!(scheme, "redis");
         let unused = [
-            ("group", source.group.is_some()),
-            ("consumer", source.consumer.is_some()),
-            ("start", source.start.is_some()),
+            ("group", source.group.is_some() && !broker),
+            ("consumer", source.consumer.is_some() && !broker),
+            ("start", source.start.is_some() && !broker),
+            ("claim_idle_ms", source.claim_idle_ms.is_some() && scheme != "redis"),
             ("properties", !source.properties.is_empty()),
         ];
         if let Some((key, _)) = unused.iter().find(|(_, set)| *set) {
@@ -200,6 +207,7 @@ impl SourceSpec {
             SourceSpec::Stdin(spec) => Box::new(stdio::StdinSource::new(spec.clone())),
             SourceSpec::Gen(spec) => Box::new(generator::GenSource::new(spec.clone())),
             SourceSpec::Memory(spec) => Box::new(memory::MemorySource::new(spec.clone())),
+            SourceSpec::Redis(spec) => Box::new(redis::RedisSource::new(spec.clone())),
         })
     }
 }
@@ -214,14 +222,20 @@ pub enum SinkSpec {
     /// `memory://name`: an in-process list.
     Memory(memory::MemorySinkSpec),
     /// `null://`: counts and discards.
-    Null,
+    Null(null::NullSink),
+    /// `redis://host:port/stream`: pipelined XADD.
+    Redis(redis::RedisSinkSpec),
 }
 
 impl SinkSpec {
     /// Parses and checks a `[[sink]]`.
     pub fn parse(sink: &SinkConfig, pipeline: &PipelineConfig) -> Result<Self, ConfigError> {
         let at = |m: String| pipeline.error_at(&sink.uri, format!("sink `{}`: {m}", sink.name));
-        let spec = Self::parse_uri(sink.uri.get_ref(), sink.format, pipeline).map_err(at)?;
+        let mut spec = Self::parse_uri(sink.uri.get_ref(), sink.format, pipeline).map_err(at)?;
+        if let SinkSpec::Redis(redis) = &mut spec {
+            redis.apply(sink).map_err(at)?;
+            return Ok(spec);
+        }
         if sink.maxlen.is_some() {
             return Err(at("key `maxlen` does not apply to this sink".into()));
         }
@@ -241,11 +255,9 @@ impl SinkSpec {
                 SinkSpec::Stdout(format)
             }
             "memory" => SinkSpec::Memory(memory::MemorySinkSpec::parse(rest)?),
-            "null" => {
-                Params::parse(rest, "null")?.finish()?;
-                SinkSpec::Null
-            }
-            other => return Err(unknown_scheme(other, "file, stdio, memory, null")),
+            "null" => SinkSpec::Null(null::NullSink::parse(rest)?),
+            "redis" => SinkSpec::Redis(redis::RedisSinkSpec::parse(rest)?),
+            other => return Err(unknown_scheme(other, "file, stdio, memory, null, redis")),
         })
     }
 
@@ -255,7 +267,8 @@ impl SinkSpec {
             SinkSpec::File(spec) => Box::new(file::FileSink::open(spec).await?),
             SinkSpec::Stdout(format) => Box::new(stdio::StdoutSink::new(*format)),
             SinkSpec::Memory(spec) => Box::new(memory::MemorySink::new(spec.clone())),
-            SinkSpec::Null => Box::new(null::NullSink::default()),
+            SinkSpec::Null(sink) => Box::new(sink.clone()),
+            SinkSpec::Redis(spec) => Box::new(redis::RedisSink::new(spec.clone())?),
         })
     }
 }

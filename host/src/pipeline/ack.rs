@@ -131,6 +131,9 @@ struct TrackerInner<P> {
     released: mpsc::UnboundedSender<(u32, P)>,
     halted: Arc<AtomicBool>,
     idle: Notify,
+    /// Fires whenever positions are released (or on halt), for
+    /// [`AckTracker::wait_partition_idle`].
+    progress: Notify,
 }
 
 struct PartitionQueue<P> {
@@ -152,6 +155,7 @@ impl<P: Send + 'static> AckTracker<P> {
             released: tx,
             halted,
             idle: Notify::new(),
+            progress: Notify::new(),
         };
         (AckTracker { inner: Arc::new(inner) }, rx)
     }
@@ -198,6 +202,26 @@ impl<P: Send + 'static> AckTracker<P> {
     /// Wakes [`AckTracker::wait_idle`] callers to re-check (after a halt).
     pub fn wake(&self) {
         self.inner.idle.notify_waiters();
+        self.inner.progress.notify_waiters();
+    }
+
+    /// Batches of `partition` registered and not yet released.
+    pub fn outstanding_in(&self, partition: u32) -> usize {
+        self.inner.partitions.lock().get(&partition).map_or(0, |queue| queue.batches.len())
+    }
+
+    /// Waits until every registered batch of `partition` is done and its
+    /// position released (or the pipeline halted). A source calls it before
+    /// it gives a partition up, e.g. on a Kafka rebalance, so that it can
+    /// commit the partition's final watermark first.
+    pub async fn wait_partition_idle(&self, partition: u32) {
+        loop {
+            let notified = self.inner.progress.notified();
+            if self.outstanding_in(partition) == 0 || self.inner.halted.load(Ordering::Acquire) {
+                return;
+            }
+            notified.await;
+        }
     }
 }
 
@@ -206,6 +230,7 @@ impl<P: Send + 'static> Completer for TrackerInner<P> {
         if self.halted.load(Ordering::Acquire) {
             // Halt: acknowledge nothing more, whatever finishes now.
             self.idle.notify_waiters();
+            self.progress.notify_waiters();
             return;
         }
         let mut partitions = self.partitions.lock();
@@ -228,6 +253,9 @@ impl<P: Send + 'static> Completer for TrackerInner<P> {
         drop(partitions);
         if released > 0 && self.outstanding.fetch_sub(released, Ordering::AcqRel) == released {
             self.idle.notify_waiters();
+        }
+        if released > 0 {
+            self.progress.notify_waiters();
         }
     }
 }
@@ -279,6 +307,56 @@ mod tests {
         halted.store(true, Ordering::Release);
         t.done(1);
         assert!(released.try_recv().is_err());
+    }
+
+    #[test]
+    fn outstanding_is_counted_per_partition() {
+        let (tracker, mut released, _) = tracker();
+        let a = tracker.register(0, 1, 1);
+        let b = tracker.register(0, 2, 1);
+        let c = tracker.register(1, 1, 1);
+        assert_eq!((tracker.outstanding_in(0), tracker.outstanding_in(1), tracker.outstanding_in(2)), (2, 1, 0));
+        b.done(1);
+        assert_eq!(tracker.outstanding_in(0), 2, "batch 2 is done but not released before batch 1");
+        a.done(1);
+        c.done(1);
+        assert_eq!((tracker.outstanding_in(0), tracker.outstanding_in(1)), (0, 0));
+        assert_eq!(released.try_recv().unwrap(), (0, 1));
+    }
+
+    #[tokio::test]
+    async fn waits_for_one_partition_to_drain() {
+        let (tracker, mut released, _) = tracker();
+        let a = tracker.register(0, 1, 1);
+        let other = tracker.register(1, 1, 1);
+        let waiter = tokio::spawn({
+            let tracker = tracker.clone();
+            async move { tracker.wait_partition_idle(0).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        a.done(1);
+        tokio::time::timeout(std::time::Duration::from_secs(10), waiter)
+            .await
+            .expect("partition 0 drained although partition 1 is still outstanding")
+            .unwrap();
+        assert_eq!(released.try_recv().unwrap(), (0, 1));
+        assert_eq!(tracker.outstanding_in(1), 1);
+        other.done(1);
+    }
+
+    #[tokio::test]
+    async fn partition_wait_ends_on_halt() {
+        let (tracker, _released, halted) = tracker();
+        let t = tracker.register(0, 1, 1);
+        let waiter = tokio::spawn({
+            let tracker = tracker.clone();
+            async move { tracker.wait_partition_idle(0).await }
+        });
+        tokio::task::yield_now().await;
+        halted.store(true, Ordering::Release);
+        t.done(1);
+        tokio::time::timeout(std::time::Duration::from_secs(10), waiter).await.expect("halt ends the wait").unwrap();
     }
 
     #[test]

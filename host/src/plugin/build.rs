@@ -1,8 +1,17 @@
 //! `weir build`: turns a plugin source folder into a component.
 //!
-//! Rust folders (`Cargo.toml`) are built with plain `cargo build --release
-//! --target wasm32-wasip2`; the component's path is read from cargo's own
-//! artifact messages, so workspace target dirs and renamed crates just work.
+//! - Rust folders (`Cargo.toml`) are built with plain `cargo build --release
+//!   --target wasm32-wasip2`; the component's path is read from cargo's own
+//!   artifact messages, so workspace target dirs and renamed crates just work.
+//! - Python folders (`app.py`, or `pyproject.toml` naming the module in
+//!   `[tool.weir] module`) are built with `componentize-py` against the
+//!   `processor` world, with the Python SDK (`sdk/python`) on the path.
+//! - JavaScript folders (`package.json`; entry = its `main`, else `index.js`)
+//!   are bundled with rolldown (`weir-sdk` resolved to `sdk/js/weir.js`) and
+//!   built with `componentize-js` against the `processor` world.
+//!
+//! Python and JavaScript components land in `DIR/target/weir/NAME.wasm`; a
+//! build whose inputs (sources, SDK, WIT) did not change is skipped.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -15,6 +24,10 @@ use anyhow::{Context, Result, bail};
 pub enum Language {
     /// A Rust crate (`Cargo.toml`).
     Rust,
+    /// A Python module (`app.py` or `pyproject.toml`), built with componentize-py.
+    Python,
+    /// A JavaScript ES module (`package.json`), built with componentize-js.
+    JavaScript,
 }
 
 /// Detects the language of a plugin folder.
@@ -25,17 +38,44 @@ pub fn detect(dir: &Path) -> Result<Language> {
     if dir.join("Cargo.toml").is_file() {
         return Ok(Language::Rust);
     }
-    bail!("{} is not a plugin folder weir can build: expected a Rust crate (Cargo.toml)", dir.display())
+    if dir.join("app.py").is_file() || dir.join("pyproject.toml").is_file() {
+        return Ok(Language::Python);
+    }
+    if dir.join("package.json").is_file() {
+        return Ok(Language::JavaScript);
+    }
+    bail!(
+        "{} is not a plugin folder weir can build: expected a Rust crate (Cargo.toml), a Python module \
+         (app.py or pyproject.toml) or a JavaScript module (package.json)",
+        dir.display()
+    )
 }
 
 /// The WASI target plugins are built for.
 pub const TARGET: &str = "wasm32-wasip2";
+
+/// componentize-py version the Python SDK is tested with (`pip install`).
+pub const COMPONENTIZE_PY_VERSION: &str = "0.25.1";
+
+/// The WIT package, embedded so Python and JS builds work from anywhere.
+const WIT: &str = include_str!("../../../wit/processor.wit");
+
+/// The folder holding the guest SDKs (`rust/`, `python/`, `js/`): `WEIR_SDK_DIR`
+/// if set, else this source tree's `sdk/` (where the binary was built).
+pub fn sdk_dir() -> PathBuf {
+    match std::env::var_os("WEIR_SDK_DIR") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(|p| p.join("sdk")).unwrap_or_else(|| "sdk".into()),
+    }
+}
 
 /// Builds the plugin in `dir` and returns the path of the component.
 /// Compiler output goes to this process's stderr as it happens.
 pub fn build(dir: &Path) -> Result<PathBuf> {
     match detect(dir)? {
         Language::Rust => build_rust(dir),
+        Language::Python => build_python(dir),
+        Language::JavaScript => build_js(dir),
     }
 }
 
@@ -95,4 +135,231 @@ fn build_rust(dir: &Path) -> Result<PathBuf> {
             dir.display()
         )
     })
+}
+
+/// Where a Python or JS build puts its component and scratch files.
+fn out_dir(dir: &Path) -> PathBuf {
+    dir.join("target").join("weir")
+}
+
+/// The component's file name: the folder's name, made safe.
+fn component_name(dir: &Path) -> String {
+    let name = dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let safe: String =
+        name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
+    if safe.is_empty() { "plugin".into() } else { safe }
+}
+
+/// Hashes every file that shapes the component, so an unchanged plugin is not
+/// rebuilt (a Python build takes ~20 s, a JS one ~40 s).
+fn inputs_hash(dir: &Path, extra: &[PathBuf], salt: &str) -> String {
+    fn walk(root: &Path, dir: &Path, files: &mut Vec<PathBuf>) {
+        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().to_string();
+            if name.starts_with('.') || name == "target" || name == "node_modules" || name == "__pycache__" {
+                continue;
+            }
+            if path.is_dir() {
+                walk(root, &path, files);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    walk(dir, dir, &mut files);
+    for path in extra {
+        if path.is_dir() { walk(path, path, &mut files) } else { files.push(path.clone()) }
+    }
+    files.sort();
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(salt.as_bytes());
+    hasher.update(WIT.as_bytes());
+    for file in files {
+        hasher.update(file.to_string_lossy().as_bytes());
+        hasher.update(&std::fs::read(&file).unwrap_or_default());
+    }
+    hasher.finalize().to_hex().to_string()
+}
+
+/// Runs `build` unless `wasm` was built from the same inputs already.
+fn cached(wasm: &Path, hash: &str, build: impl FnOnce() -> Result<()>) -> Result<PathBuf> {
+    let stamp = wasm.with_extension("inputs");
+    if wasm.is_file() && std::fs::read_to_string(&stamp).is_ok_and(|s| s.trim() == hash) {
+        tracing::debug!("{} is up to date", wasm.display());
+        return Ok(wasm.to_path_buf());
+    }
+    let _ = std::fs::remove_file(&stamp);
+    build()?;
+    if !wasm.is_file() {
+        bail!("the build reported success but wrote no {}", wasm.display());
+    }
+    std::fs::write(&stamp, hash).with_context(|| format!("writing {}", stamp.display()))?;
+    Ok(wasm.to_path_buf())
+}
+
+/// The WIT folder to build against: the plugin's own `wit/`, else the
+/// embedded package written next to the output.
+fn wit_dir(dir: &Path, out: &Path) -> Result<PathBuf> {
+    if dir.join("wit").is_dir() {
+        return Ok(dir.join("wit"));
+    }
+    let wit = out.join("wit");
+    std::fs::create_dir_all(&wit).with_context(|| format!("creating {}", wit.display()))?;
+    let file = wit.join("processor.wit");
+    if std::fs::read_to_string(&file).ok().as_deref() != Some(WIT) {
+        std::fs::write(&file, WIT).with_context(|| format!("writing {}", file.display()))?;
+    }
+    Ok(wit)
+}
+
+/// Runs a build tool, relaying its output; names the install command when
+/// the tool is missing.
+fn run_tool(mut command: Command, tool: &str, install: &str) -> Result<()> {
+    let status = command.stdout(Stdio::inherit()).stderr(Stdio::inherit()).status().map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => anyhow::anyhow!("{tool} not found: install it with `{install}`"),
+        _ => anyhow::anyhow!("cannot run {tool}: {e}"),
+    })?;
+    if !status.success() {
+        bail!("{tool} failed ({status})");
+    }
+    Ok(())
+}
+
+/// The Python module a folder builds: `app`, or `[tool.weir] module` in
+/// `pyproject.toml`.
+fn python_module(dir: &Path) -> Result<String> {
+    let pyproject = dir.join("pyproject.toml");
+    if pyproject.is_file() {
+        let text = std::fs::read_to_string(&pyproject).with_context(|| format!("reading {}", pyproject.display()))?;
+        let doc: toml::Table = text.parse().with_context(|| format!("parsing {}", pyproject.display()))?;
+        if let Some(module) = doc.get("tool").and_then(|t| t.get("weir")).and_then(|w| w.get("module")) {
+            return module
+                .as_str()
+                .map(str::to_string)
+                .with_context(|| format!("{}: [tool.weir] module must be a string", pyproject.display()));
+        }
+    }
+    if dir.join("app.py").is_file() {
+        return Ok("app".into());
+    }
+    bail!("{}: no app.py, and pyproject.toml names no module in [tool.weir] module", dir.display())
+}
+
+fn build_python(dir: &Path) -> Result<PathBuf> {
+    let dir = dir.canonicalize().with_context(|| format!("reading {}", dir.display()))?;
+    let module = python_module(&dir)?;
+    let sdk = sdk_dir().join("python");
+    if !sdk.join("weir_sdk").is_dir() {
+        bail!("the weir Python SDK is not at {} (set WEIR_SDK_DIR to the weir sdk/ folder)", sdk.display());
+    }
+    let out = out_dir(&dir);
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let wasm = out.join(format!("{}.wasm", component_name(&dir)));
+    let hash = inputs_hash(&dir, &[sdk.join("weir_sdk")], &format!("python {module} {COMPONENTIZE_PY_VERSION}"));
+    cached(&wasm, &hash, || {
+        let wit = wit_dir(&dir, &out)?;
+        let tool = std::env::var_os("WEIR_COMPONENTIZE_PY").unwrap_or_else(|| "componentize-py".into());
+        let mut command = Command::new(tool);
+        command
+            .arg("-d")
+            .arg(&wit)
+            .args(["-w", "processor", "componentize", &module, "-p"])
+            .arg(&dir)
+            .arg("-p")
+            .arg(&sdk)
+            .arg("-o")
+            .arg(&wasm)
+            .current_dir(&out);
+        eprintln!("building {} with componentize-py", dir.display());
+        run_tool(command, "componentize-py", &format!("pip install componentize-py=={COMPONENTIZE_PY_VERSION}"))
+    })
+}
+
+/// A JS tool from the plugin's own `node_modules`, the SDK's, or the PATH.
+fn node_tool(dir: &Path, sdk: &Path, name: &str) -> PathBuf {
+    [dir.join("node_modules/.bin").join(name), sdk.join("node_modules/.bin").join(name)]
+        .into_iter()
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from(name))
+}
+
+/// The entry module of a JS plugin: package.json's `main`, else `index.js`.
+fn js_entry(dir: &Path) -> Result<PathBuf> {
+    let manifest = dir.join("package.json");
+    let text = std::fs::read_to_string(&manifest).with_context(|| format!("reading {}", manifest.display()))?;
+    let doc: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", manifest.display()))?;
+    let entry = dir.join(doc["main"].as_str().unwrap_or("index.js"));
+    if !entry.is_file() {
+        bail!("{}: the entry module {} does not exist (set `main`)", manifest.display(), entry.display());
+    }
+    Ok(entry)
+}
+
+fn build_js(dir: &Path) -> Result<PathBuf> {
+    let dir = dir.canonicalize().with_context(|| format!("reading {}", dir.display()))?;
+    let entry = js_entry(&dir)?;
+    let sdk = sdk_dir().join("js");
+    if !sdk.join("weir.js").is_file() {
+        bail!("the weir JavaScript SDK is not at {} (set WEIR_SDK_DIR to the weir sdk/ folder)", sdk.display());
+    }
+    let install = format!("npm install --prefix {}", sdk.display());
+    let out = out_dir(&dir);
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let wasm = out.join(format!("{}.wasm", component_name(&dir)));
+    let hash = inputs_hash(&dir, &[sdk.join("weir.js"), sdk.join("package-lock.json")], "js");
+    cached(&wasm, &hash, || {
+        let wit = wit_dir(&dir, &out)?;
+        let node = Command::new("node").arg("--version").output();
+        if node.is_err() {
+            bail!("node not found: install Node.js 20 or later (e.g. `apt-get install nodejs npm`), then `{install}`");
+        }
+        let componentize = node_tool(&dir, &sdk, "componentize-js");
+        let rolldown = node_tool(&dir, &sdk, "rolldown");
+        for tool in [&componentize, &rolldown] {
+            if !tool.is_absolute() && which(tool).is_none() {
+                bail!("{} not found: install it with `{install}`", tool.display());
+            }
+        }
+        // Bundle: one ES module with `weir-sdk` inlined and the WIT imports
+        // left to componentize-js.
+        let bundle = out.join("bundle.js");
+        let config = out.join("rolldown.config.mjs");
+        let js_string = |p: &Path| serde_json::to_string(&p.to_string_lossy()).expect("serialising a string");
+        std::fs::write(
+            &config,
+            format!(
+                "export default {{\n  input: {entry},\n  external: [/^weir:/, /^wasi:/],\n  platform: \"neutral\",\n  \
+                 resolve: {{ alias: {{ \"weir-sdk\": {sdk} }} }},\n  output: {{ file: {bundle}, format: \"esm\" }},\n}};\n",
+                entry = js_string(&entry),
+                sdk = js_string(&sdk.join("weir.js")),
+                bundle = js_string(&bundle),
+            ),
+        )
+        .with_context(|| format!("writing {}", config.display()))?;
+        let mut command = Command::new(&rolldown);
+        command.arg("-c").arg(&config).current_dir(&out);
+        eprintln!("bundling {} with rolldown", entry.display());
+        run_tool(command, "rolldown", &install)?;
+
+        let mut command = Command::new(&componentize);
+        command
+            .arg(&bundle)
+            .arg("--wit")
+            .arg(&wit)
+            .args(["--world-name", "processor", "-d", "http", "fetch-event", "-o"])
+            .arg(&wasm)
+            .current_dir(&out);
+        eprintln!("building {} with componentize-js", dir.display());
+        run_tool(command, "componentize-js", &install)
+    })
+}
+
+/// Finds a program on the PATH.
+fn which(program: &Path) -> Option<PathBuf> {
+    std::env::var_os("PATH")
+        .and_then(|paths| std::env::split_paths(&paths).map(|p| p.join(program)).find(|p| p.is_file()))
 }

@@ -1,0 +1,364 @@
+//! `kafka://`: Kafka source and sink on `rdkafka` (librdkafka).
+//!
+//! # Source
+//! `kafka://host:port[,host:port]/topic[,topic2]?group=G&start=earliest|latest|<timestamp_ms>`
+//!
+//! - `group` (query parameter or the `group` key): the consumer group.
+//!   Default `weir-<source name>`. Several `weir run` processes with the same
+//!   group share the topics' partitions; one that leaves hands its partitions
+//!   over after committing what it finished.
+//! - `start` (query parameter or the `start` key): where a partition with no
+//!   committed offset in the group starts: `earliest` (default), `latest`, or a
+//!   timestamp in milliseconds since the epoch (the first offset at or after
+//!   it). A committed offset always wins.
+//! - `consumer` key: the client id (default `weir`).
+//! - `commit_interval_ms` (query parameter): how often the watermark is
+//!   committed while running (default 1000).
+//! - `batch_size` key: most messages per batch handed to the pipeline.
+//!
+//! Offsets are never committed automatically: a message's offset is committed
+//! only once every output derived from it was accepted by its sink,
+//! dead-lettered or filtered, and per partition only up to the contiguous
+//! watermark (the committed offset is the next one to read). Commits happen
+//! every `commit_interval_ms`, when partitions are revoked (after the
+//! in-flight messages of those partitions are finished, so a rebalance hands
+//! them over without loss), and at shutdown. Batches never mix partitions, so
+//! a partition's order is kept into the pipeline. Each message carries its
+//! key, headers, timestamp and its origin (topic, partition, offset). A null
+//! value becomes an empty one.
+//!
+//! # Sink
+//! `kafka://host:port[,host:port]/topic`
+//!
+//! An idempotent producer (`enable.idempotence=true`, `acks=all`). Key,
+//! headers and timestamp are carried; a message with a key goes to the
+//! partition Kafka's Java client would choose (murmur2 of the key,
+//! `partitioner=murmur2_random`), so weir and Java producers agree. A write
+//! returns only when the broker has acknowledged every message of the batch;
+//! if any delivery fails the write fails and the engine retries the batch
+//! (at-least-once: the retry may duplicate the messages that did land).
+//!
+//! # Client properties
+//! Any librdkafka property can be given in the connector's `properties`
+//! table and is passed through (e.g. `"security.protocol" = "SASL_SSL"`);
+//! it overrides weir's defaults:
+//!
+//! | client | weir's default |
+//! | --- | --- |
+//! | consumer | `enable.auto.commit=false`, `enable.auto.offset.store=false`, `auto.offset.reset=earliest` (or `latest` per `start`), `enable.partition.eof=false`, `client.id=weir` |
+//! | producer | `enable.idempotence=true`, `acks=all`, `partitioner=murmur2_random`, `linger.ms=5`, `client.id=weir` |
+//!
+//! `bootstrap.servers` comes from the URI and `group.id` from `group`; the
+//! consumer's commit settings are weir's own (the at-least-once guarantee
+//! depends on them), so those keys are refused in `properties`. Properties are
+//! checked by librdkafka when the pipeline is loaded.
+
+mod sink;
+mod source;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+
+pub use sink::KafkaSink;
+pub use source::KafkaSource;
+
+use super::Params;
+
+/// Where a partition with no committed offset starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// The oldest retained message.
+    Earliest,
+    /// Only messages produced from now on.
+    Latest,
+    /// The first message at or after this timestamp (ms since the epoch).
+    Timestamp(i64),
+}
+
+impl Start {
+    fn parse(raw: &str) -> Result<Self, String> {
+        match raw {
+            "earliest" => Ok(Start::Earliest),
+            "latest" => Ok(Start::Latest),
+            other => other.parse::<i64>().ok().filter(|t| *t >= 0).map(Start::Timestamp).ok_or_else(|| {
+                format!("start `{other}`: expected earliest, latest or a timestamp in milliseconds since the epoch")
+            }),
+        }
+    }
+}
+
+/// A parsed `kafka://` source.
+#[derive(Debug, Clone)]
+pub struct KafkaSourceSpec {
+    /// `bootstrap.servers`.
+    pub brokers: String,
+    /// Subscribed topics.
+    pub topics: Vec<String>,
+    /// Consumer group.
+    pub group: String,
+    /// Start position of partitions without a committed offset.
+    pub start: Start,
+    /// Most messages per batch.
+    pub batch: usize,
+    /// How often the watermark is committed while running.
+    pub commit_interval: Duration,
+    /// librdkafka properties (weir's defaults, then the user's).
+    pub properties: BTreeMap<String, String>,
+}
+
+/// What a `[[source]]` gives a Kafka source besides its URI.
+#[derive(Debug, Default, Clone)]
+pub struct SourceKeys<'a> {
+    /// The source's name (default group `weir-<name>`).
+    pub name: &'a str,
+    /// `group` key.
+    pub group: Option<&'a str>,
+    /// `consumer` key (client id).
+    pub consumer: Option<&'a str>,
+    /// `start` key.
+    pub start: Option<&'a str>,
+    /// `properties` table.
+    pub properties: Option<&'a BTreeMap<String, String>>,
+}
+
+/// Properties weir manages on the consumer, refused in `properties`.
+const CONSUMER_OWNED: [(&str, &str); 4] = [
+    ("bootstrap.servers", "the brokers come from the URI"),
+    ("group.id", "use the source's `group` key or `?group=`"),
+    ("enable.auto.commit", "weir commits the acknowledged watermark itself"),
+    ("enable.auto.offset.store", "weir commits the acknowledged watermark itself"),
+];
+
+/// Default time between watermark commits.
+pub const DEFAULT_COMMIT_INTERVAL: Duration = Duration::from_secs(1);
+
+impl KafkaSourceSpec {
+    /// Parses what follows `kafka://`, with the source's keys.
+    pub fn parse(rest: &str, keys: SourceKeys<'_>, batch: usize) -> Result<Self, String> {
+        let mut params = Params::parse(rest, "kafka")?;
+        let (brokers, topics) = split_path(&params.path)?;
+        let group = either("group", params.take("group"), keys.group)?.unwrap_or_else(|| format!("weir-{}", keys.name));
+        if group.is_empty() {
+            return Err("the consumer group must not be empty".into());
+        }
+        let start = match either("start", params.take("start"), keys.start)? {
+            Some(raw) => Start::parse(&raw)?,
+            None => Start::Earliest,
+        };
+        let commit_interval = params.take_parsed::<u64>("commit_interval_ms")?.map_or(DEFAULT_COMMIT_INTERVAL, Duration::from_millis);
+        if commit_interval.is_zero() {
+            return Err("query parameter `commit_interval_ms` must be at least 1".into());
+        }
+        params.finish()?;
+        if batch == 0 {
+            return Err("batch_size must be at least 1".into());
+        }
+        let mut properties = BTreeMap::new();
+        let mut set = |k: &str, v: &str| properties.insert(k.to_string(), v.to_string());
+        set("bootstrap.servers", &brokers);
+        set("group.id", &group);
+        set("client.id", keys.consumer.unwrap_or("weir"));
+        set("enable.auto.commit", "false");
+        set("enable.auto.offset.store", "false");
+        set("enable.partition.eof", "false");
+        set("auto.offset.reset", if start == Start::Latest { "latest" } else { "earliest" });
+        for (key, value) in keys.properties.into_iter().flatten() {
+            if let Some((_, why)) = CONSUMER_OWNED.iter().find(|(owned, _)| owned == key) {
+                return Err(format!("property `{key}` cannot be set: {why}"));
+            }
+            properties.insert(key.clone(), value.clone());
+        }
+        check_properties(&properties)?;
+        Ok(KafkaSourceSpec { brokers, topics, group, start, batch, commit_interval, properties })
+    }
+
+    /// The client configuration.
+    pub fn client_config(&self) -> ClientConfig {
+        client_config(&self.properties)
+    }
+}
+
+/// A parsed `kafka://` sink.
+#[derive(Debug, Clone)]
+pub struct KafkaSinkSpec {
+    /// `bootstrap.servers`.
+    pub brokers: String,
+    /// Destination topic.
+    pub topic: String,
+    /// librdkafka properties (weir's defaults, then the user's).
+    pub properties: BTreeMap<String, String>,
+}
+
+impl KafkaSinkSpec {
+    /// Parses what follows `kafka://`.
+    pub fn parse(rest: &str) -> Result<Self, String> {
+        let params = Params::parse(rest, "kafka")?;
+        let (brokers, mut topics) = split_path(&params.path)?;
+        params.finish()?;
+        if topics.len() != 1 {
+            return Err(format!("a Kafka sink writes one topic (got {})", topics.join(", ")));
+        }
+        let mut properties = BTreeMap::new();
+        let mut set = |k: &str, v: &str| properties.insert(k.to_string(), v.to_string());
+        set("bootstrap.servers", &brokers);
+        set("client.id", "weir");
+        set("enable.idempotence", "true");
+        set("acks", "all");
+        set("partitioner", "murmur2_random");
+        set("linger.ms", "5");
+        check_properties(&properties)?;
+        Ok(KafkaSinkSpec { brokers, topic: topics.remove(0), properties })
+    }
+
+    /// Adds the sink's `properties` table over weir's defaults.
+    pub fn with_properties(mut self, properties: &BTreeMap<String, String>) -> Result<Self, String> {
+        for (key, value) in properties {
+            if key == "bootstrap.servers" {
+                return Err("property `bootstrap.servers` cannot be set: the brokers come from the URI".into());
+            }
+            self.properties.insert(key.clone(), value.clone());
+        }
+        check_properties(&self.properties)?;
+        Ok(self)
+    }
+
+    /// The client configuration.
+    pub fn client_config(&self) -> ClientConfig {
+        client_config(&self.properties)
+    }
+}
+
+fn client_config(properties: &BTreeMap<String, String>) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    for (key, value) in properties {
+        config.set(key, value);
+    }
+    config
+}
+
+/// Lets librdkafka refuse unknown properties and bad values up front.
+fn check_properties(properties: &BTreeMap<String, String>) -> Result<(), String> {
+    client_config(properties).create_native_config().map(drop).map_err(|e| format!("Kafka client properties: {e}"))
+}
+
+/// A value given both as a query parameter and as a key must agree.
+fn either(name: &str, query: Option<String>, key: Option<&str>) -> Result<Option<String>, String> {
+    match (query, key) {
+        (Some(q), Some(k)) if q != k => {
+            Err(format!("`{name}` is given both in the URI (`{q}`) and as a key (`{k}`); give it once"))
+        }
+        (Some(q), _) => Ok(Some(q)),
+        (None, k) => Ok(k.map(str::to_string)),
+    }
+}
+
+/// `host:port[,host:port]/topic[,topic]` → brokers and topics.
+fn split_path(path: &str) -> Result<(String, Vec<String>), String> {
+    const EXAMPLE: &str = "e.g. kafka://127.0.0.1:9092/orders";
+    let Some((brokers, topics)) = path.split_once('/') else {
+        return Err(format!("kafka:// needs brokers and a topic, {EXAMPLE} (got `{path}`)"));
+    };
+    if brokers.is_empty() || brokers.split(',').any(|b| !valid_broker(b)) {
+        return Err(format!("kafka:// brokers must be host:port[,host:port] (got `{brokers}`), {EXAMPLE}"));
+    }
+    let topics: Vec<String> = topics.split(',').map(str::to_string).collect();
+    for topic in &topics {
+        if topic.is_empty() {
+            return Err(format!("kafka:// needs a topic after the brokers, {EXAMPLE}"));
+        }
+        if topic.len() > 249 || !topic.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
+            return Err(format!(
+                "`{topic}` is not a valid Kafka topic name (letters, digits, `.`, `_`, `-`; at most 249)"
+            ));
+        }
+    }
+    Ok((brokers.to_string(), topics))
+}
+
+fn valid_broker(broker: &str) -> bool {
+    match broker.rsplit_once(':') {
+        Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0),
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source(rest: &str) -> Result<KafkaSourceSpec, String> {
+        KafkaSourceSpec::parse(rest, SourceKeys { name: "in", ..Default::default() }, 256)
+    }
+
+    #[test]
+    fn source_uri_with_brokers_topics_group_and_start() {
+        let spec = source("h1:9092,h2:9093/orders,refunds?group=g1&start=latest").unwrap();
+        assert_eq!(spec.brokers, "h1:9092,h2:9093");
+        assert_eq!(spec.topics, ["orders", "refunds"]);
+        assert_eq!(spec.group, "g1");
+        assert_eq!(spec.start, Start::Latest);
+        assert_eq!(spec.properties["enable.auto.commit"], "false");
+        assert_eq!(spec.properties["auto.offset.reset"], "latest");
+        assert_eq!(source("h:1/t?start=1700000000000").unwrap().start, Start::Timestamp(1_700_000_000_000));
+        let default = source("h:1/t").unwrap();
+        assert_eq!((default.group.as_str(), default.start), ("weir-in", Start::Earliest));
+        assert_eq!(default.commit_interval, DEFAULT_COMMIT_INTERVAL);
+    }
+
+    #[test]
+    fn keys_and_properties() {
+        let props = BTreeMap::from([("session.timeout.ms".to_string(), "6000".to_string())]);
+        let keys =
+            SourceKeys { name: "in", group: Some("g"), consumer: Some("c1"), start: None, properties: Some(&props) };
+        let spec = KafkaSourceSpec::parse("h:1/t", keys.clone(), 10).unwrap();
+        assert_eq!((spec.group.as_str(), spec.properties["client.id"].as_str()), ("g", "c1"));
+        assert_eq!(spec.properties["session.timeout.ms"], "6000");
+        let err = KafkaSourceSpec::parse("h:1/t?group=other", keys, 10).unwrap_err();
+        assert!(err.contains("both in the URI"), "{err}");
+        let bad = BTreeMap::from([("enable.auto.commit".to_string(), "true".to_string())]);
+        let err = KafkaSourceSpec::parse("h:1/t", SourceKeys { properties: Some(&bad), ..Default::default() }, 10)
+            .unwrap_err();
+        assert!(err.contains("enable.auto.commit"), "{err}");
+        let unknown = BTreeMap::from([("no.such.property".to_string(), "1".to_string())]);
+        let err = KafkaSourceSpec::parse("h:1/t", SourceKeys { properties: Some(&unknown), ..Default::default() }, 10)
+            .unwrap_err();
+        assert!(err.contains("no.such.property"), "{err}");
+    }
+
+    #[test]
+    fn bad_uris_are_refused_by_name() {
+        for (uri, needle) in [
+            ("h:1", "needs brokers and a topic"),
+            ("/t", "brokers must be"),
+            ("h/t", "brokers must be"),
+            ("h:1/", "needs a topic"),
+            ("h:1/bad topic", "not a valid Kafka topic"),
+            ("h:1/t?start=yesterday", "start `yesterday`"),
+            ("h:1/t?nope=1", "unknown query parameter `nope`"),
+        ] {
+            let err = source(uri).unwrap_err();
+            assert!(err.contains(needle), "{uri}: {err}");
+        }
+        assert!(KafkaSinkSpec::parse("h:1/a,b").unwrap_err().contains("one topic"));
+        assert!(KafkaSinkSpec::parse("h:1/a?group=g").unwrap_err().contains("unknown query parameter"));
+    }
+
+    #[test]
+    fn sink_defaults_and_overrides() {
+        let spec = KafkaSinkSpec::parse("h:1/out").unwrap();
+        assert_eq!(spec.topic, "out");
+        assert_eq!(spec.properties["enable.idempotence"], "true");
+        assert_eq!(spec.properties["acks"], "all");
+        assert_eq!(spec.properties["partitioner"], "murmur2_random");
+        let spec =
+            spec.with_properties(&BTreeMap::from([("compression.type".to_string(), "lz4".to_string())])).unwrap();
+        assert_eq!(spec.properties["compression.type"], "lz4");
+        let err = KafkaSinkSpec::parse("h:1/out")
+            .unwrap()
+            .with_properties(&BTreeMap::from([("acks".to_string(), "sometimes".to_string())]))
+            .unwrap_err();
+        assert!(err.contains("acks"), "{err}");
+    }
+}

@@ -1,0 +1,760 @@
+//! The Kafka connector against real Kafka-protocol brokers.
+//!
+//! The end-to-end tests run the `weir` binary against nisshi (a Kafka-
+//! compatible broker, found on PATH as `nisshi`, started on a free port with
+//! in-memory storage); without it on PATH they run against librdkafka's
+//! built-in cluster instead, which serves real TCP too, and say so. The
+//! broker-fault test always uses the built-in cluster (it can take a broker
+//! down and up). Every test counts messages exactly: nothing lost, and
+//! duplicates (at-least-once) only where the semantics allow them.
+
+mod support;
+
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
+use std::rc::Rc;
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, Headers, OwnedHeaders};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{DefaultProducerContext, DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::{Message as _, Offset, TopicPartitionList};
+use support::{Scratch, plugin, wait_until};
+use tokio_util::sync::CancellationToken;
+
+const PARTITIONS: i32 = 6;
+
+// ---------------------------------------------------------------- brokers
+
+enum Backend {
+    Nisshi(Child),
+    Mock(MockCluster<'static, DefaultProducerContext>),
+}
+
+/// A running broker and a small runtime for the async client calls.
+struct Broker {
+    addr: String,
+    backend: Backend,
+    rt: tokio::runtime::Runtime,
+    /// Reused consumers for look-ups, by group.
+    lookups: RefCell<HashMap<String, Rc<BaseConsumer>>>,
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.lookups.borrow_mut().clear();
+        if let Backend::Nisshi(child) = &mut self.backend {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("binding a free port").local_addr().unwrap().port()
+}
+
+fn on_path(binary: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(binary).is_file()))
+}
+
+impl Broker {
+    /// nisshi when it is installed, else the built-in cluster.
+    fn start() -> Broker {
+        if on_path("nisshi") { Broker::nisshi() } else {
+            eprintln!("nisshi is not on PATH: running on librdkafka's built-in cluster");
+            Broker::mock()
+        }
+    }
+
+    fn nisshi() -> Broker {
+        let port = free_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = Command::new("nisshi")
+            .args(["broker", &format!("--listener-url={url}"), &format!("--advertised-listener-url={url}")])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting nisshi");
+        let broker = Broker {
+            addr: format!("127.0.0.1:{port}"),
+            backend: Backend::Nisshi(child),
+            rt: runtime(),
+            lookups: Default::default(),
+        };
+        let consumer = broker.lookup(None);
+        assert!(
+            wait_until(Duration::from_secs(30), || consumer.fetch_metadata(None, Duration::from_secs(1)).is_ok()),
+            "nisshi did not answer on {}",
+            broker.addr
+        );
+        broker
+    }
+
+    fn mock() -> Broker {
+        let cluster = MockCluster::new(1).expect("starting librdkafka's built-in cluster");
+        Broker {
+            addr: cluster.bootstrap_servers(),
+            backend: Backend::Mock(cluster),
+            rt: runtime(),
+            lookups: Default::default(),
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self.backend {
+            Backend::Nisshi(_) => "nisshi",
+            Backend::Mock(_) => "built-in cluster",
+        }
+    }
+
+    fn config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.addr);
+        config
+    }
+
+    fn consumer(&self, group: Option<&str>) -> BaseConsumer {
+        let mut config = self.config();
+        config.set("enable.auto.commit", "false").set("enable.partition.eof", "false");
+        config.set("group.id", group.unwrap_or("weir-test-reader"));
+        config.create().expect("creating a test consumer")
+    }
+
+    /// A consumer for metadata and offset look-ups (of `group`), made once.
+    fn lookup(&self, group: Option<&str>) -> Rc<BaseConsumer> {
+        let name = group.unwrap_or("weir-test-reader").to_string();
+        self.lookups.borrow_mut().entry(name).or_insert_with(|| Rc::new(self.consumer(group))).clone()
+    }
+
+    fn create_topic(&self, name: &str, partitions: i32) {
+        match &self.backend {
+            Backend::Mock(cluster) => cluster.create_topic(name, partitions, 1).expect("creating a topic"),
+            Backend::Nisshi(_) => {
+                let admin: AdminClient<DefaultClientContext> = self.config().create().expect("admin client");
+                let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+                let results =
+                    self.rt.block_on(admin.create_topics([&topic], &AdminOptions::new())).expect("creating a topic");
+                for result in results {
+                    result.unwrap_or_else(|(topic, e)| panic!("creating topic {topic}: {e}"));
+                }
+            }
+        }
+        let consumer = self.lookup(None);
+        let ready = wait_until(Duration::from_secs(30), || {
+            consumer.fetch_metadata(Some(name), Duration::from_secs(1)).is_ok_and(|m| {
+                m.topics().iter().any(|t| {
+                    t.name() == name
+                        && t.error().is_none()
+                        && t.partitions().len() == partitions as usize
+                        && t.partitions().iter().all(|p| p.leader() >= 0)
+                })
+            })
+        });
+        assert!(ready, "topic {name} did not appear with {partitions} partitions");
+    }
+
+    /// Produces `records` (keyed, murmur2 like Java) and returns where each went.
+    fn produce(&self, topic: &str, records: &mut [Record]) {
+        let producer: FutureProducer = self
+            .config()
+            .set("enable.idempotence", "true")
+            .set("partitioner", "murmur2_random")
+            .create()
+            .expect("test producer");
+        let placed = self.rt.block_on(async {
+            let mut placed = Vec::with_capacity(records.len());
+            let mut pending: std::collections::VecDeque<(usize, DeliveryFuture)> = Default::default();
+            for (index, r) in records.iter().enumerate() {
+                let headers = r
+                    .headers
+                    .iter()
+                    .fold(OwnedHeaders::new(), |h, (k, v)| h.insert(Header { key: k, value: Some(v.as_slice()) }));
+                let mut record =
+                    FutureRecord::<[u8], [u8]>::to(topic).payload(r.value.as_slice()).headers(headers);
+                if let Some(key) = &r.key {
+                    record = record.key(key.as_slice());
+                }
+                if let Some(ts) = r.timestamp {
+                    record = record.timestamp(ts);
+                }
+                loop {
+                    match producer.send_result(record) {
+                        Ok(delivery) => {
+                            pending.push_back((index, delivery));
+                            break;
+                        }
+                        Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                            record = back;
+                            let (i, d) = pending.pop_front().expect("queue full with nothing pending");
+                            placed.push((i, delivered(d).await));
+                        }
+                        Err((e, _)) => panic!("producing: {e}"),
+                    }
+                }
+            }
+            for (i, d) in pending {
+                placed.push((i, delivered(d).await));
+            }
+            placed
+        });
+        // Delivery reports carry the placement; fill it in.
+        for (i, (partition, offset)) in placed {
+            records[i].partition = partition;
+            records[i].offset = offset;
+        }
+    }
+
+    fn end_offsets(&self, topic: &str) -> Option<Vec<i64>> {
+        let consumer = self.lookup(None);
+        (0..PARTITIONS)
+            .map(|p| consumer.fetch_watermarks(topic, p, Duration::from_secs(5)).ok().map(|(_, high)| high))
+            .collect()
+    }
+
+    fn end(&self, topic: &str) -> Vec<i64> {
+        self.end_offsets(topic).unwrap_or_else(|| panic!("reading the end offsets of {topic}"))
+    }
+
+    /// The group's committed offsets (-1: none), or None when the broker
+    /// does not answer.
+    fn committed(&self, group: &str, topic: &str) -> Option<Vec<i64>> {
+        let consumer = self.lookup(Some(group));
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..PARTITIONS {
+            tpl.add_partition(topic, p);
+        }
+        let committed = consumer.committed_offsets(tpl, Duration::from_secs(5)).ok()?;
+        Some(
+            (0..PARTITIONS)
+                .map(|p| match committed.find_partition(topic, p).map(|e| e.offset()) {
+                    Some(Offset::Offset(o)) => o,
+                    _ => -1,
+                })
+                .collect(),
+        )
+    }
+
+    /// Every record of `topic`, per partition in offset order.
+    fn read_all(&self, topic: &str) -> Vec<Record> {
+        let end = self.end(topic);
+        let total: i64 = end.iter().sum();
+        let consumer = self.consumer(None);
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..PARTITIONS {
+            tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
+        }
+        consumer.assign(&tpl).expect("assigning");
+        let mut records = Vec::with_capacity(total as usize);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while (records.len() as i64) < total {
+            assert!(Instant::now() < deadline, "read {} of {total} records of {topic}", records.len());
+            match consumer.poll(Duration::from_millis(200)) {
+                Some(Ok(m)) => records.push(Record {
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    key: m.key().map(<[u8]>::to_vec),
+                    value: m.payload().unwrap_or_default().to_vec(),
+                    headers: m
+                        .headers()
+                        .map(|hs| {
+                            hs.iter().map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec())).collect()
+                        })
+                        .unwrap_or_default(),
+                    timestamp: m.timestamp().to_millis(),
+                }),
+                Some(Err(e)) => panic!("reading {topic}: {e}"),
+                None => {}
+            }
+        }
+        records.sort_by_key(|r| (r.partition, r.offset));
+        records
+    }
+}
+
+/// Where a test message landed.
+async fn delivered(delivery: DeliveryFuture) -> (i32, i64) {
+    match delivery.await {
+        Ok(Ok(d)) => (d.partition, d.offset),
+        Ok(Err((e, _))) => panic!("test message not delivered: {e}"),
+        Err(_) => panic!("test producer went away"),
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("tokio runtime")
+}
+
+// ---------------------------------------------------------------- messages
+
+#[derive(Clone, Debug, PartialEq)]
+struct Record {
+    partition: i32,
+    offset: i64,
+    key: Option<Vec<u8>>,
+    value: Vec<u8>,
+    headers: Vec<(String, Vec<u8>)>,
+    timestamp: Option<i64>,
+}
+
+impl Record {
+    fn id(&self) -> u64 {
+        let (_, v) = self.headers.iter().find(|(k, _)| k == "id").expect("header id");
+        std::str::from_utf8(v).unwrap().parse().unwrap()
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64
+}
+
+/// Messages `ids`, keyed over `keys` keys, with ~100-byte values, two
+/// headers (one binary) and increasing timestamps.
+fn inputs(ids: std::ops::Range<u64>, keys: u64, base_ts: i64) -> Vec<Record> {
+    ids.map(|i| {
+        let head = format!("{{\"id\":{i},\"pad\":\"");
+        let value = format!("{head}{}\"}}", "x".repeat(100 - head.len() - 2));
+        Record {
+            partition: -1,
+            offset: -1,
+            key: Some(format!("key-{}", i % keys).into_bytes()),
+            value: value.into_bytes(),
+            headers: vec![("id".into(), i.to_string().into_bytes()), ("bin".into(), vec![0, 1, 255])],
+            timestamp: Some(base_ts + i as i64),
+        }
+    })
+    .collect()
+}
+
+/// Kafka's Java `Utils.murmur2`.
+fn murmur2(data: &[u8]) -> i32 {
+    const M: i32 = 0x5bd1_e995;
+    let mut h: i32 = (0x9747_b28c_u32 as i32) ^ data.len() as i32;
+    let chunks = data.chunks_exact(4);
+    let tail = chunks.remainder();
+    for c in chunks {
+        let mut k = i32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        k = k.wrapping_mul(M);
+        k ^= ((k as u32) >> 24) as i32;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M);
+        h ^= k;
+    }
+    if tail.len() == 3 {
+        h ^= (tail[2] as i32) << 16;
+    }
+    if tail.len() >= 2 {
+        h ^= (tail[1] as i32) << 8;
+    }
+    if !tail.is_empty() {
+        h ^= tail[0] as i32;
+        h = h.wrapping_mul(M);
+    }
+    h ^= ((h as u32) >> 13) as i32;
+    h = h.wrapping_mul(M);
+    h ^= ((h as u32) >> 15) as i32;
+    h
+}
+
+/// The partition Kafka's Java producer picks for `key`.
+fn java_partition(key: &[u8], partitions: i32) -> i32 {
+    (murmur2(key) & 0x7fff_ffff) % partitions
+}
+
+#[test]
+fn murmur2_matches_kafkas_java_test_vectors() {
+    // From Kafka's UtilsTest.testMurmur2.
+    for (input, expected) in [
+        (&b"21"[..], -973_932_308),
+        (b"foobar", -790_332_482),
+        (b"a-little-bit-long-string", -985_981_536),
+        (b"a-little-bit-longer-string", -1_486_304_829),
+        (b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8", -58_897_971),
+        (b"abc", 479_470_107),
+    ] {
+        assert_eq!(murmur2(input), expected, "{}", String::from_utf8_lossy(input));
+    }
+}
+
+// ---------------------------------------------------------------- weir
+
+/// A `weir run` process whose log is collected as it runs.
+struct Weir {
+    child: Child,
+    log: Arc<Mutex<String>>,
+}
+
+impl Weir {
+    fn start(file: &Path) -> Weir {
+        let mut child = support::weir()
+            .args(["run", file.to_str().unwrap()])
+            .env("WEIR_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting weir");
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut log = sink.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        Weir { child, log }
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill").args([signal, &self.child.id().to_string()]).status().expect("kill");
+        assert!(status.success(), "kill {signal} failed");
+    }
+
+    fn kill9(&mut self) {
+        self.signal("-KILL");
+        let _ = self.child.wait();
+    }
+
+    fn wait(&mut self, limit: Duration) -> ExitStatus {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("waiting for weir") {
+                // Let the log reader catch up with the last lines.
+                let _ = wait_until(Duration::from_secs(2), || self.log().contains("Kafka source stopped"));
+                return status;
+            }
+            if started.elapsed() > limit {
+                let _ = self.child.kill();
+                panic!("weir did not exit within {limit:?}; log:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM, then the exit status, which must be 0.
+    fn stop(&mut self) {
+        self.signal("-TERM");
+        let status = self.wait(Duration::from_secs(120));
+        assert_eq!(status.code(), Some(0), "weir must drain and exit 0 on SIGTERM; log:\n{}", self.log());
+    }
+}
+
+impl Drop for Weir {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Kafka → passthrough → Kafka. Short session timeouts so that a killed
+/// member's partitions move on within seconds.
+fn pipeline(broker: &Broker, input: &str, output: &str, group: &str) -> String {
+    format!(
+        r#"
+        [[source]]
+        name = "in"
+        uri = "kafka://{addr}/{input}?group={group}&commit_interval_ms=200"
+        batch_size = 500
+        properties = {{ "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "500" }}
+
+        [[stage]]
+        name = "pass"
+        plugin = "{plugin}"
+        concurrency = 2
+        dispatch = "partition"
+        partition_by = "key"
+
+        [[sink]]
+        name = "out"
+        uri = "kafka://{addr}/{output}"
+        batch = {{ max_size = 2000, max_wait_ms = 10 }}
+        "#,
+        addr = broker.addr,
+        plugin = plugin("passthrough").display(),
+    )
+}
+
+/// Waits until the group has committed everything `topic` holds now.
+fn wait_committed(broker: &Broker, group: &str, topic: &str, weirs: &[&Weir], limit: Duration) {
+    let end = broker.end(topic);
+    let done = wait_until(limit, || broker.committed(group, topic).is_some_and(|c| c == end));
+    if !done {
+        let logs: Vec<String> = weirs.iter().map(|w| w.log()).collect();
+        panic!(
+            "group {group} did not commit {end:?} on {topic} (committed {:?}); logs:\n{}",
+            broker.committed(group, topic),
+            logs.join("\n-----\n")
+        );
+    }
+}
+
+/// Counts outputs per input id; checks content against the inputs.
+fn tally(inputs: &[Record], outputs: &[Record]) -> HashMap<u64, usize> {
+    let by_id: HashMap<u64, &Record> = inputs.iter().map(|r| (r.id(), r)).collect();
+    let mut seen: HashMap<u64, usize> = HashMap::new();
+    for out in outputs {
+        let id = out.id();
+        let input = by_id.get(&id).unwrap_or_else(|| panic!("output {id} was never an input"));
+        assert_eq!(out.key, input.key, "key of {id}");
+        assert_eq!(out.value, input.value, "value of {id}");
+        assert_eq!(out.headers, input.headers, "headers of {id}");
+        assert_eq!(out.timestamp, input.timestamp, "timestamp of {id}");
+        *seen.entry(id).or_default() += 1;
+    }
+    let missing: Vec<u64> = inputs.iter().map(Record::id).filter(|id| !seen.contains_key(id)).take(10).collect();
+    assert!(missing.is_empty(), "lost {} inputs, e.g. {missing:?}", inputs.len() - seen.len());
+    seen
+}
+
+/// Per key, each new message comes after the earlier ones (a duplicate may
+/// repeat an earlier one); returns the number of duplicates.
+fn check_per_key_order(outputs: &[Record]) -> usize {
+    let mut last: HashMap<&[u8], u64> = HashMap::new();
+    let mut partition_of: HashMap<&[u8], i32> = HashMap::new();
+    let mut seen = HashSet::new();
+    let mut duplicates = 0;
+    for out in outputs {
+        let key = out.key.as_deref().expect("keyed");
+        assert_eq!(*partition_of.entry(key).or_insert(out.partition), out.partition, "a key in two partitions");
+        let id = out.id();
+        if !seen.insert(id) {
+            duplicates += 1;
+            continue;
+        }
+        if let Some(prev) = last.insert(key, id) {
+            assert!(id > prev, "key {}: {id} written after {prev}", String::from_utf8_lossy(key));
+        }
+    }
+    duplicates
+}
+
+// ---------------------------------------------------------------- tests
+
+#[test]
+fn end_to_end_100k_messages_through_the_weir_binary() {
+    let broker = Broker::start();
+    broker.create_topic("e2e-in", PARTITIONS);
+    broker.create_topic("e2e-out", PARTITIONS);
+    let mut input = inputs(0..100_000, 1000, now_ms() - 3_600_000);
+    broker.produce("e2e-in", &mut input);
+    let scratch = Scratch::new();
+    let file = scratch.write("pipeline.toml", &pipeline(&broker, "e2e-in", "e2e-out", "e2e"));
+
+    let started = Instant::now();
+    let mut weir = Weir::start(&file);
+    wait_committed(&broker, "e2e", "e2e-in", &[&weir], Duration::from_secs(600));
+    weir.stop();
+    eprintln!("{}: 100000 messages through weir in {:?}", broker.name(), started.elapsed());
+
+    let output = broker.read_all("e2e-out");
+    assert_eq!(output.len(), 100_000, "exactly the inputs, once each");
+    let seen = tally(&input, &output);
+    assert!(seen.values().all(|n| *n == 1));
+    for out in &output {
+        let key = out.key.as_deref().unwrap();
+        assert_eq!(out.partition, java_partition(key, PARTITIONS), "weir must partition like Kafka's Java client");
+    }
+    assert_eq!(check_per_key_order(&output), 0);
+    assert_eq!(broker.committed("e2e", "e2e-in"), Some(broker.end("e2e-in")), "committed = end offsets");
+    let log = weir.log();
+    assert!(log.contains("assigned 6 partitions"), "{log}");
+}
+
+#[test]
+fn kill_9_mid_run_then_restart_loses_nothing() {
+    let broker = Broker::start();
+    broker.create_topic("crash-in", PARTITIONS);
+    broker.create_topic("crash-out", PARTITIONS);
+    let base = now_ms() - 3_600_000;
+    let mut first = inputs(0..40_000, 500, base);
+    broker.produce("crash-in", &mut first);
+    let scratch = Scratch::new();
+    let file = scratch.write("pipeline.toml", &pipeline(&broker, "crash-in", "crash-out", "crash"));
+
+    let mut weir = Weir::start(&file);
+    let out_total = || broker.end_offsets("crash-out").map_or(0, |e| e.iter().sum::<i64>());
+    assert!(wait_until(Duration::from_secs(300), || out_total() >= 8_000), "no progress; log:\n{}", weir.log());
+    weir.kill9();
+    let committed_at_kill = broker.committed("crash", "crash-in").expect("committed offsets");
+    let end_at_kill = broker.end("crash-in");
+    // More input arrives while weir is down.
+    let mut second = inputs(40_000..60_000, 500, base);
+    broker.produce("crash-in", &mut second);
+
+    let mut again = Weir::start(&file);
+    wait_committed(&broker, "crash", "crash-in", &[&again], Duration::from_secs(600));
+    again.stop();
+
+    let all: Vec<Record> = first.into_iter().chain(second).collect();
+    let output = broker.read_all("crash-out");
+    let seen = tally(&all, &output);
+    let duplicates = output.len() - all.len();
+    let window: i64 = (0..PARTITIONS as usize).map(|p| end_at_kill[p] - committed_at_kill[p].max(0)).sum();
+    eprintln!(
+        "{}: kill -9 then restart: {} inputs, {} outputs, {duplicates} duplicates; uncommitted window at the kill: \
+         {window} messages (committed {committed_at_kill:?} of {end_at_kill:?})",
+        broker.name(),
+        all.len(),
+        output.len()
+    );
+    // Duplicates come only from the uncommitted window: messages at or past
+    // the offset committed when the process died.
+    let by_id: HashMap<u64, &Record> = all.iter().map(|r| (r.id(), r)).collect();
+    for (id, count) in &seen {
+        if *count > 1 {
+            let input = by_id[id];
+            assert!(
+                input.offset >= committed_at_kill[input.partition as usize],
+                "input {id} (partition {}, offset {}) was committed before the kill yet processed {count} times",
+                input.partition,
+                input.offset
+            );
+            assert_eq!(*count, 2, "input {id} processed {count} times after one crash");
+        }
+    }
+    assert!(duplicates as i64 <= window, "{duplicates} duplicates exceed the uncommitted window of {window}");
+    assert_eq!(broker.committed("crash", "crash-in"), Some(broker.end("crash-in")));
+}
+
+#[test]
+fn second_process_joins_then_first_leaves_without_loss() {
+    let broker = Broker::start();
+    broker.create_topic("scale-in", PARTITIONS);
+    broker.create_topic("scale-out", PARTITIONS);
+    let base = now_ms() - 3_600_000;
+    let scratch = Scratch::new();
+    let file = scratch.write("pipeline.toml", &pipeline(&broker, "scale-in", "scale-out", "scale"));
+    let mut all = Vec::new();
+    let mut produce = |ids: std::ops::Range<u64>| {
+        let mut chunk = inputs(ids, 300, base);
+        broker.produce("scale-in", &mut chunk);
+        all.extend(chunk);
+    };
+    let out_total = || broker.end_offsets("scale-out").map_or(0, |e| e.iter().sum::<i64>());
+
+    produce(0..20_000);
+    let mut first = Weir::start(&file);
+    assert!(wait_until(Duration::from_secs(300), || out_total() >= 5_000), "no progress; log:\n{}", first.log());
+    produce(20_000..40_000);
+    let mut second = Weir::start(&file);
+    let joined = wait_until(Duration::from_secs(120), || {
+        second.log().lines().any(|l| l.contains("assigned ") && l.contains(" partitions: ") && !l.contains("assigned 0 "))
+    });
+    assert!(joined, "the second process got no partitions; logs:\n{}\n-----\n{}", first.log(), second.log());
+    produce(40_000..60_000);
+    first.signal("-TERM");
+    produce(60_000..80_000);
+    let status = first.wait(Duration::from_secs(120));
+    assert_eq!(status.code(), Some(0), "first process: {}", first.log());
+    wait_committed(&broker, "scale", "scale-in", &[&second], Duration::from_secs(600));
+    second.stop();
+
+    let output = broker.read_all("scale-out");
+    let seen = tally(&all, &output);
+    assert_eq!(seen.len(), all.len());
+    let duplicates = check_per_key_order(&output);
+    let first_log = first.log();
+    assert!(first_log.contains("revoked "), "{first_log}");
+    eprintln!(
+        "{}: rebalance: {} inputs, {} outputs, {duplicates} duplicates",
+        broker.name(),
+        all.len(),
+        output.len()
+    );
+    assert_eq!(broker.committed("scale", "scale-in"), Some(broker.end("scale-in")));
+}
+
+#[test]
+fn broker_down_then_up_loses_nothing() {
+    let broker = Broker::mock();
+    broker.create_topic("fault-in", PARTITIONS);
+    broker.create_topic("fault-out", PARTITIONS);
+    let mut input = inputs(0..30_000, 200, now_ms() - 3_600_000);
+    broker.produce("fault-in", &mut input);
+    let scratch = Scratch::new();
+    let text = pipeline(&broker, "fault-in", "fault-out", "fault");
+    let config = weir::config::PipelineConfig::parse(&text, scratch.dir.path()).unwrap_or_else(|e| panic!("{e}"));
+    let runtime = weir::plugin::Runtime::new().expect("runtime");
+    let pipeline = weir::pipeline::Pipeline::prepare(&config, &runtime).unwrap_or_else(|e| panic!("prepare: {e}"));
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let shutdown = CancellationToken::new();
+    let run = rt.spawn(pipeline.run(shutdown.clone()));
+
+    let out_total = || broker.end_offsets("fault-out").map_or(0, |e| e.iter().sum::<i64>());
+    assert!(wait_until(Duration::from_secs(300), || out_total() >= 3_000), "no progress before the fault");
+    let Backend::Mock(cluster) = &broker.backend else { unreachable!() };
+    cluster.broker_down(-1).unwrap();
+    // The broker is observably down: a delivery with a short timeout fails.
+    let probe: FutureProducer =
+        broker.config().set("message.timeout.ms", "500").create().expect("probe producer");
+    let failed = broker.rt.block_on(async {
+        let record = FutureRecord::<[u8], [u8]>::to("fault-probe").payload(&b"x"[..]);
+        probe.send_result(record).map_err(|(e, _)| e).unwrap().await.unwrap().is_err()
+    });
+    assert!(failed, "the broker still took a message while down");
+    cluster.broker_up(-1).unwrap();
+
+    wait_committed(&broker, "fault", "fault-in", &[], Duration::from_secs(300));
+    shutdown.cancel();
+    let report = rt.block_on(async { tokio::time::timeout(Duration::from_secs(120), run).await })
+        .expect("the run ended")
+        .expect("the run did not panic");
+    assert!(report.success(), "{report:?}");
+    let output = broker.read_all("fault-out");
+    let seen = tally(&input, &output);
+    eprintln!(
+        "broker down/up: {} inputs, {} outputs ({} duplicates)",
+        input.len(),
+        output.len(),
+        output.len() - seen.len()
+    );
+    assert_eq!(broker.committed("fault", "fault-in"), Some(broker.end("fault-in")));
+}
+
+#[test]
+fn bad_kafka_configuration_is_refused_before_start() {
+    let scratch = Scratch::new();
+    for (source, needle) in [
+        (r#"uri = "kafka://127.0.0.1:1/t?start=yesterday""#, "start `yesterday`"),
+        (r#"uri = "kafka://127.0.0.1:1""#, "needs brokers and a topic"),
+        (
+            "uri = \"kafka://127.0.0.1:1/t\"\nproperties = { \"enable.auto.commit\" = \"true\" }",
+            "enable.auto.commit",
+        ),
+        ("uri = \"kafka://127.0.0.1:1/t\"\nproperties = { \"no.such.thing\" = \"1\" }", "no.such.thing"),
+        ("uri = \"kafka://127.0.0.1:1/t?group=a\"\ngroup = \"b\"", "given both"),
+    ] {
+        let text = format!("[[source]]\nname = \"in\"\n{source}\n[[sink]]\nname = \"out\"\nuri = \"null://\"\n");
+        let config = weir::config::PipelineConfig::parse(&text, scratch.dir.path()).unwrap();
+        let runtime = weir::plugin::Runtime::new().unwrap();
+        let err = match weir::pipeline::Pipeline::prepare(&config, &runtime) {
+            Ok(_) => panic!("{source}: accepted"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains(needle), "{source}: {err}");
+    }
+    let text = "[[source]]\nname = \"in\"\nuri = \"gen://?count=1\"\n[[sink]]\nname = \"out\"\nuri = \"kafka://127.0.0.1:1/a,b\"\n";
+    let config = weir::config::PipelineConfig::parse(text, scratch.dir.path()).unwrap();
+    let err = weir::pipeline::Pipeline::prepare(&config, &weir::plugin::Runtime::new().unwrap()).err().unwrap();
+    assert!(err.to_string().contains("one topic"), "{err}");
+}
