@@ -979,7 +979,7 @@ mod tests {
             .args_iter()
             .map(|a| match a {
                 ::redis::Arg::Simple(b) => b.to_vec(),
-                ::redis::Arg::Cursor => Vec::new(),
+                _ => Vec::new(),
             })
             .collect();
         args.chunks(2).map(|c| (c[0].clone(), c[1].clone())).collect()
