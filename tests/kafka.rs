@@ -12,11 +12,11 @@ mod support;
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
-use std::rc::Rc;
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -65,14 +65,15 @@ fn free_port() -> u16 {
 }
 
 fn on_path(binary: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(binary).is_file()))
+    std::env::var_os("PATH").is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(binary).is_file()))
 }
 
 impl Broker {
     /// nisshi when it is installed, else the built-in cluster.
     fn start() -> Broker {
-        if on_path("nisshi") { Broker::nisshi() } else {
+        if on_path("nisshi") {
+            Broker::nisshi()
+        } else {
             eprintln!("nisshi is not on PATH: running on librdkafka's built-in cluster");
             Broker::mock()
         }
@@ -182,8 +183,7 @@ impl Broker {
                     .headers
                     .iter()
                     .fold(OwnedHeaders::new(), |h, (k, v)| h.insert(Header { key: k, value: Some(v.as_slice()) }));
-                let mut record =
-                    FutureRecord::<[u8], [u8]>::to(topic).payload(r.value.as_slice()).headers(headers);
+                let mut record = FutureRecord::<[u8], [u8]>::to(topic).payload(r.value.as_slice()).headers(headers);
                 if let Some(key) = &r.key {
                     record = record.key(key.as_slice());
                 }
@@ -658,7 +658,10 @@ fn second_process_joins_then_first_leaves_without_loss() {
     produce(20_000..40_000);
     let mut second = Weir::start(&file);
     let joined = wait_until(Duration::from_secs(120), || {
-        second.log().lines().any(|l| l.contains("assigned ") && l.contains(" partitions: ") && !l.contains("assigned 0 "))
+        second
+            .log()
+            .lines()
+            .any(|l| l.contains("assigned ") && l.contains(" partitions: ") && !l.contains("assigned 0 "))
     });
     assert!(joined, "the second process got no partitions; logs:\n{}\n-----\n{}", first.log(), second.log());
     produce(40_000..60_000);
@@ -675,12 +678,7 @@ fn second_process_joins_then_first_leaves_without_loss() {
     let duplicates = check_per_key_order(&output);
     let first_log = first.log();
     assert!(first_log.contains("revoked "), "{first_log}");
-    eprintln!(
-        "{}: rebalance: {} inputs, {} outputs, {duplicates} duplicates",
-        broker.name(),
-        all.len(),
-        output.len()
-    );
+    eprintln!("{}: rebalance: {} inputs, {} outputs, {duplicates} duplicates", broker.name(), all.len(), output.len());
     assert_eq!(broker.committed("scale", "scale-in"), Some(broker.end("scale-in")));
 }
 
@@ -705,8 +703,7 @@ fn broker_down_then_up_loses_nothing() {
     let Backend::Mock(cluster) = &broker.backend else { unreachable!() };
     cluster.broker_down(-1).unwrap();
     // The broker is observably down: a delivery with a short timeout fails.
-    let probe: FutureProducer =
-        broker.config().set("message.timeout.ms", "500").create().expect("probe producer");
+    let probe: FutureProducer = broker.config().set("message.timeout.ms", "500").create().expect("probe producer");
     let failed = broker.rt.block_on(async {
         let record = FutureRecord::<[u8], [u8]>::to("fault-probe").payload(&b"x"[..]);
         probe.send_result(record).map_err(|(e, _)| e).unwrap().await.unwrap().is_err()
@@ -716,7 +713,8 @@ fn broker_down_then_up_loses_nothing() {
 
     wait_committed(&broker, "fault", "fault-in", &[], Duration::from_secs(300));
     shutdown.cancel();
-    let report = rt.block_on(async { tokio::time::timeout(Duration::from_secs(120), run).await })
+    let report = rt
+        .block_on(async { tokio::time::timeout(Duration::from_secs(120), run).await })
         .expect("the run ended")
         .expect("the run did not panic");
     assert!(report.success(), "{report:?}");
@@ -737,10 +735,7 @@ fn bad_kafka_configuration_is_refused_before_start() {
     for (source, needle) in [
         (r#"uri = "kafka://127.0.0.1:1/t?start=yesterday""#, "start `yesterday`"),
         (r#"uri = "kafka://127.0.0.1:1""#, "needs brokers and a topic"),
-        (
-            "uri = \"kafka://127.0.0.1:1/t\"\nproperties = { \"enable.auto.commit\" = \"true\" }",
-            "enable.auto.commit",
-        ),
+        ("uri = \"kafka://127.0.0.1:1/t\"\nproperties = { \"enable.auto.commit\" = \"true\" }", "enable.auto.commit"),
         ("uri = \"kafka://127.0.0.1:1/t\"\nproperties = { \"no.such.thing\" = \"1\" }", "no.such.thing"),
         ("uri = \"kafka://127.0.0.1:1/t?group=a\"\ngroup = \"b\"", "given both"),
     ] {

@@ -11,6 +11,7 @@ class Enrich {
     this.region = config.require("region");
     this.alertLevel = config.get("alert_level") ?? "error";
     this.auditOver = config.getInt("audit_over", 1000);
+    this.userField = config.get("user_field") ?? "user";
   }
 
   process(message) {
@@ -26,8 +27,8 @@ class Enrich {
     }
     const level = typeof event.level === "string" ? event.level : "info";
     if (level === "debug") return null;
-    const user = event.user;
-    if (typeof user !== "string" || user === "") return new Fail("missing field: user");
+    const user = event[this.userField];
+    if (typeof user !== "string" || user === "") return new Fail(`missing field: ${this.userField}`);
     const amount = "amount" in event ? event.amount : 0;
     if (!Number.isInteger(amount)) throw new Fail("invalid field: amount");
     const enriched = {

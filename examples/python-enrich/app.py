@@ -13,6 +13,7 @@ class Enrich(Processor):
         self.region = config.require("region")
         self.alert_level = config.get("alert_level", "error")
         self.audit_over = config.get_int("audit_over", 1000)
+        self.user_field = config.get("user_field", "user")
 
     def process(self, message):
         try:
@@ -26,9 +27,9 @@ class Enrich(Processor):
         level = level if isinstance(level, str) else "info"
         if level == "debug":
             return None
-        user = event.get("user")
+        user = event.get(self.user_field)
         if not isinstance(user, str) or not user:
-            return Fail("missing field: user")
+            return Fail(f"missing field: {self.user_field}")
         amount = event.get("amount", 0)
         if isinstance(amount, bool) or not isinstance(amount, int):
             raise Fail("invalid field: amount")

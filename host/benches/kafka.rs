@@ -17,11 +17,11 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll, Waker};
 use std::net::TcpListener;
 use std::path::Path;
+use std::pin::Pin;
 use std::process::{Child, Command, Stdio};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -99,7 +99,9 @@ fn main() {
         rows.push((round + 1, bare, weir));
     }
 
-    println!("## Kafka → passthrough → Kafka ({messages} messages, 100-byte values, {PARTITIONS} partitions, {broker_name})\n");
+    println!(
+        "## Kafka → passthrough → Kafka ({messages} messages, 100-byte values, {PARTITIONS} partitions, {broker_name})\n"
+    );
     println!("| round | bare rdkafka loop msg/s | weir (WASM passthrough) msg/s | weir / bare |");
     println!("|---:|---:|---:|---:|");
     for (round, bare, weir) in &rows {

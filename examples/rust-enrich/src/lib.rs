@@ -13,6 +13,7 @@ struct Enrich {
     region: String,
     alert_level: String,
     audit_over: i64,
+    user_field: String,
 }
 
 /// The enriched event, fields in this order (the other languages match it).
@@ -31,6 +32,7 @@ impl Processor for Enrich {
             region: config.require("region")?.to_string(),
             alert_level: config.get("alert_level").unwrap_or("error").to_string(),
             audit_over: config.parse_or("audit_over", 1000)?,
+            user_field: config.get("user_field").unwrap_or("user").to_string(),
         })
     }
 
@@ -43,9 +45,9 @@ impl Processor for Enrich {
         if level == "debug" {
             return Outcome::drop();
         }
-        let user = match event.get("user").and_then(Value::as_str) {
+        let user = match event.get(&self.user_field).and_then(Value::as_str) {
             Some(user) if !user.is_empty() => user,
-            _ => return Outcome::fail("missing field: user"),
+            _ => return Outcome::fail(format!("missing field: {}", self.user_field)),
         };
         let amount = match event.get("amount") {
             None => 0,

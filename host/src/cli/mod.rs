@@ -4,8 +4,10 @@
 
 mod build;
 mod check;
+mod new;
 mod relay;
 mod run;
+mod test;
 
 use std::path::PathBuf;
 
@@ -50,8 +52,33 @@ enum Command {
     },
     /// Build a plugin source folder into a .wasm component.
     Build {
-        /// The plugin folder (a Rust crate).
+        /// The plugin folder: a Rust crate (Cargo.toml), a Python module
+        /// (app.py or pyproject.toml) or a JavaScript module (package.json).
         dir: PathBuf,
+    },
+    /// Create a plugin folder: a working processor, a test fixture and a
+    /// pipeline file.
+    New {
+        /// The folder to create; its name is the plugin's name.
+        name: PathBuf,
+        /// The plugin's language.
+        #[arg(long, value_enum)]
+        lang: new::Lang,
+    },
+    /// Run a plugin over fixture files (no connectors) and compare its
+    /// outputs with the expected ones; exit 1 with a diff on mismatch.
+    Test {
+        /// A .wasm component or a plugin folder (built first).
+        plugin: PathBuf,
+        /// Input messages, ndjson envelopes.
+        #[arg(long, value_name = "IN.ndjson")]
+        input: PathBuf,
+        /// Expected outputs, one line each; `{"fail": "reason"}` for a failed input.
+        #[arg(long, value_name = "OUT.ndjson")]
+        expect: PathBuf,
+        /// A config entry for the plugin's init (repeatable).
+        #[arg(long = "config", value_name = "KEY=VALUE")]
+        config: Vec<String>,
     },
     /// Move messages from one connector to another, optionally through a
     /// plugin: a one-line pipeline, e.g.
@@ -87,6 +114,8 @@ pub fn main() -> i32 {
         Command::Dev { file } => run::run(&file, true),
         Command::Check { plugin } => check::check(&plugin),
         Command::Build { dir } => build::build(&dir),
+        Command::New { name, lang } => new::new(&name, lang),
+        Command::Test { plugin, input, expect, config } => test::test(&plugin, &input, &expect, &config),
         Command::Relay { input, output, plugin, format } => {
             relay::relay(&relay::RelayArgs { input, output, plugin, format })
         }

@@ -7,11 +7,11 @@
 //!
 //! | parameter / key  | default | meaning |
 //! |------------------|---------|---------|
-//! | `group`          | `weir`  | consumer group; created (`XGROUP CREATE ... MKSTREAM`) when missing, reused when it exists |
+//! | `group`          | `weir-SOURCE` | consumer group (`SOURCE` = the source's name, as for Kafka); created (`XGROUP CREATE ... MKSTREAM`) when missing, reused when it exists |
 //! | `consumer`       | see below | consumer name within the group |
 //! | `start`          | `earliest` | where a *new* group starts: `earliest` (`0`), `latest` (`$`) or an entry ID (`1700000000000-0`, or a bare millisecond timestamp). An existing group keeps its position. |
 //! | `claim_idle_ms`  | `30000` | entries left pending by another consumer for longer than this are taken over with `XAUTOCLAIM` (0 = never) |
-//! | `block_ms`       | `1000`  | how long one `XREADGROUP` waits for new entries |
+//! | `block_ms`       | `500`   | how long one `XREADGROUP` waits for new entries (also the longest a shutdown waits for a read) |
 //! | `db`             | `0`     | database number |
 //!
 //! `group`, `consumer`, `start` and `claim_idle_ms` may also be given as keys
@@ -88,12 +88,10 @@ use crate::config::{PipelineConfig, SinkConfig, SourceConfig};
 use crate::message::{Header, Message, Origin};
 use crate::pipeline::ack::{AckTracker, Released};
 
-/// Default consumer group.
-pub const DEFAULT_GROUP: &str = "weir";
 /// Default idle time after which another consumer's pending entries are claimed.
 pub const DEFAULT_CLAIM_IDLE_MS: u64 = 30_000;
 /// Default `BLOCK` of a read.
-pub const DEFAULT_BLOCK_MS: u64 = 1_000;
+pub const DEFAULT_BLOCK_MS: u64 = 500;
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -256,7 +254,8 @@ impl RedisSourceSpec {
             }
             streams.push(stream.to_string());
         }
-        let group = either(&mut params, "group", source.group.clone())?.unwrap_or_else(|| DEFAULT_GROUP.into());
+        let group =
+            either(&mut params, "group", source.group.clone())?.unwrap_or_else(|| format!("weir-{}", source.name));
         if group.is_empty() {
             return Err("`group` must not be empty".into());
         }
@@ -629,10 +628,9 @@ impl Reader<'_> {
                     }
                 }
             };
-            let result = tokio::select! {
-                result = step => result,
-                _ = stop.cancelled() => return Ok(()),
-            };
+            // Not abandoned on shutdown: a read lasts at most `block`, and
+            // what it returned is then processed rather than left pending.
+            let result = step.await;
             match result {
                 Ok(batches) => {
                     backoff.reset();
@@ -804,18 +802,17 @@ impl Reader<'_> {
             // only acknowledged (its ID is in the batch's position).
             let Some(fields) = entry.fields else { continue };
             let origin = Origin { name: stream.clone(), partition: None, offset: None, id: Some(entry.id.clone()) };
-            match decode(fields.clone()) {
+            // Only a field name that is not UTF-8 makes `decode` fail: find
+            // it first so that the fields need not be copied.
+            let bad = fields.iter().any(|(name, _)| std::str::from_utf8(name).is_err());
+            let value = bad.then(|| fields.iter().find(|(n, _)| n == F_VALUE).map(|(_, v)| v.clone())).flatten();
+            match decode(fields) {
                 Ok(mut message) => {
                     message.origin = Some(origin);
                     messages.push(message);
                 }
                 Err(reason) => {
-                    let mut message = Message::from_value(Vec::new());
-                    for (name, value) in fields {
-                        if name == F_VALUE {
-                            message.value = value;
-                        }
-                    }
+                    let message = Message::from_value(value.unwrap_or_default());
                     rejected.push((message, format!("{stream} entry {}: {reason}", entry.id)));
                 }
             }
@@ -977,6 +974,7 @@ mod tests {
         encode(&mut cmd, message);
         let args: Vec<Vec<u8>> = cmd
             .args_iter()
+            .skip(1) // the command name
             .map(|a| match a {
                 ::redis::Arg::Simple(b) => b.to_vec(),
                 _ => Vec::new(),

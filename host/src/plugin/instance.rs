@@ -255,7 +255,11 @@ fn trap_reason(
     let tail = stderr.take_tail();
     let said = if tail.is_empty() { String::new() } else { format!(": {}", tail.replace('\n', " / ")) };
     let reason = if store.data().memory.hit {
-        format!("memory cap exceeded: the instance tried to grow past {} MiB", limits.memory_bytes >> 20)
+        format!(
+            "memory cap exceeded: the instance tried to grow past {} MiB (raise the stage's `limits.memory_mb`; \
+             Python and JavaScript plugins need about 16 MiB to start)",
+            limits.memory_bytes >> 20
+        )
     } else {
         match error.downcast_ref::<Trap>() {
             Some(Trap::Interrupt) => {

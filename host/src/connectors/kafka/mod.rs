@@ -147,7 +147,8 @@ impl KafkaSourceSpec {
             Some(raw) => Start::parse(&raw)?,
             None => Start::Earliest,
         };
-        let commit_interval = params.take_parsed::<u64>("commit_interval_ms")?.map_or(DEFAULT_COMMIT_INTERVAL, Duration::from_millis);
+        let commit_interval =
+            params.take_parsed::<u64>("commit_interval_ms")?.map_or(DEFAULT_COMMIT_INTERVAL, Duration::from_millis);
         if commit_interval.is_zero() {
             return Err("query parameter `commit_interval_ms` must be at least 1".into());
         }

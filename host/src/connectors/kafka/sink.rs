@@ -79,10 +79,12 @@ impl Sink for KafkaSink {
                 record = record.key(key.as_slice());
             }
             if !message.headers.is_empty() {
-                let headers = message.headers.iter().fold(
-                    OwnedHeaders::new_with_capacity(message.headers.len()),
-                    |headers, h| headers.insert(KafkaHeader { key: &h.name, value: Some(h.value.as_slice()) }),
-                );
+                let headers = message
+                    .headers
+                    .iter()
+                    .fold(OwnedHeaders::new_with_capacity(message.headers.len()), |headers, h| {
+                        headers.insert(KafkaHeader { key: &h.name, value: Some(h.value.as_slice()) })
+                    });
                 record = record.headers(headers);
             }
             if let Some(ts) = message.timestamp_ms.and_then(|t| i64::try_from(t).ok()) {
