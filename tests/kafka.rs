@@ -398,8 +398,12 @@ struct Weir {
 
 impl Weir {
     fn start(file: &Path) -> Weir {
+        Weir::spawn(&["run", file.to_str().unwrap()])
+    }
+
+    fn spawn(args: &[&str]) -> Weir {
         let mut child = support::weir()
-            .args(["run", file.to_str().unwrap()])
+            .args(args)
             .env("WEIR_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -494,14 +498,17 @@ fn pipeline(broker: &Broker, input: &str, output: &str, group: &str) -> String {
     )
 }
 
-/// Waits until the group has committed everything `topic` holds now.
+/// Waits until the group has committed everything `topic` holds (look-ups
+/// that fail while a broker reconnects are retried).
 fn wait_committed(broker: &Broker, group: &str, topic: &str, weirs: &[&Weir], limit: Duration) {
-    let end = broker.end(topic);
-    let done = wait_until(limit, || broker.committed(group, topic).is_some_and(|c| c == end));
+    let done = wait_until(limit, || {
+        broker.end_offsets(topic).is_some_and(|end| broker.committed(group, topic).is_some_and(|c| c == end))
+    });
     if !done {
         let logs: Vec<String> = weirs.iter().map(|w| w.log()).collect();
         panic!(
-            "group {group} did not commit {end:?} on {topic} (committed {:?}); logs:\n{}",
+            "group {group} did not commit {:?} on {topic} (committed {:?}); logs:\n{}",
+            broker.end_offsets(topic),
             broker.committed(group, topic),
             logs.join("\n-----\n")
         );
@@ -592,8 +599,11 @@ fn kill_9_mid_run_then_restart_loses_nothing() {
     let file = scratch.write("pipeline.toml", &pipeline(&broker, "crash-in", "crash-out", "crash"));
 
     let mut weir = Weir::start(&file);
-    let out_total = || broker.end_offsets("crash-out").map_or(0, |e| e.iter().sum::<i64>());
-    assert!(wait_until(Duration::from_secs(300), || out_total() >= 8_000), "no progress; log:\n{}", weir.log());
+    // Kill once some offsets are committed, with more still in flight.
+    let committed_total =
+        || broker.committed("crash", "crash-in").map_or(0, |c| c.iter().map(|o| o.max(&0)).sum::<i64>());
+    let progressed = wait_until(Duration::from_secs(300), || committed_total() >= 8_000);
+    assert!(progressed, "no progress; log:\n{}", weir.log());
     weir.kill9();
     let committed_at_kill = broker.committed("crash", "crash-in").expect("committed offsets");
     let end_at_kill = broker.end("crash-in");
@@ -752,4 +762,51 @@ fn bad_kafka_configuration_is_refused_before_start() {
     let config = weir::config::PipelineConfig::parse(text, scratch.dir.path()).unwrap();
     let err = weir::pipeline::Pipeline::prepare(&config, &weir::plugin::Runtime::new().unwrap()).err().unwrap();
     assert!(err.to_string().contains("one topic"), "{err}");
+}
+
+#[test]
+fn relay_with_kafka_on_either_side() {
+    let broker = Broker::start();
+    broker.create_topic("relay-mid", PARTITIONS);
+    let scratch = Scratch::new();
+    let lines: Vec<String> = (0..5_000)
+        .map(|i| {
+            format!(r#"{{"key":"k{}","value":"v{i}","headers":{{"id":"{i}"}},"timestamp_ms":{}}}"#, i % 50, 1_000 + i)
+        })
+        .collect();
+    let input = scratch.write("in.ndjson", &(lines.join("\n") + "\n"));
+    let output = scratch.path("out.ndjson");
+
+    // file → Kafka: bounded, so the relay ends by itself.
+    let to_kafka = format!("kafka://{}/relay-mid", broker.addr);
+    let mut first = Weir::spawn(&["relay", "--input", &format!("file://{}", input.display()), "--output", &to_kafka]);
+    let status = first.wait(Duration::from_secs(120));
+    assert_eq!(status.code(), Some(0), "{}", first.log());
+    let mid = broker.read_all("relay-mid");
+    assert_eq!(mid.len(), 5_000);
+    for r in &mid {
+        assert_eq!(r.partition, java_partition(r.key.as_deref().unwrap(), PARTITIONS));
+        assert_eq!(format!("v{}", r.id()).into_bytes(), r.value);
+    }
+
+    // Kafka → plugin → file: runs until stopped.
+    let from_kafka = format!("kafka://{}/relay-mid?group=relay", broker.addr);
+    let plugin = plugin("passthrough");
+    let file_out = format!("file://{}", output.display());
+    let args = ["relay", "--input", &from_kafka, "--plugin", plugin.to_str().unwrap(), "--output", &file_out];
+    let mut second = Weir::spawn(&args);
+    wait_committed(&broker, "relay", "relay-mid", &[&second], Duration::from_secs(300));
+    second.stop();
+    let mut out: Vec<(String, String, u64)> = scratch
+        .json_lines("out.ndjson")
+        .iter()
+        .map(|v| {
+            let id = v["headers"]["id"].as_str().unwrap().parse().unwrap();
+            (v["key"].as_str().unwrap().to_string(), v["value"].as_str().unwrap().to_string(), id)
+        })
+        .collect();
+    out.sort_by_key(|(_, _, id)| *id);
+    let expected: Vec<(String, String, u64)> =
+        (0..5_000).map(|i| (format!("k{}", i % 50), format!("v{i}"), i)).collect();
+    assert_eq!(out, expected, "the file must hold every message once");
 }

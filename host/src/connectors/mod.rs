@@ -12,6 +12,7 @@
 pub mod file;
 pub mod format;
 pub mod generator;
+pub mod kafka;
 mod lines;
 pub mod memory;
 pub mod null;
@@ -165,6 +166,8 @@ pub enum SourceSpec {
     Memory(memory::MemorySourceSpec),
     /// `redis://host:port/stream`: Redis Streams through a consumer group.
     Redis(redis::RedisSourceSpec),
+    /// `kafka://host:port/topic`: a Kafka consumer-group member.
+    Kafka(kafka::KafkaSourceSpec),
 }
 
 /// Default number of messages a source reads per batch.
@@ -183,16 +186,17 @@ impl SourceSpec {
             "gen" => SourceSpec::Gen(generator::GenSpec::parse(rest, batch).map_err(at)?),
             "memory" => SourceSpec::Memory(memory::MemorySourceSpec::parse(rest, batch).map_err(at)?),
             "redis" => SourceSpec::Redis(redis::RedisSourceSpec::parse(rest, source, batch, pipeline).map_err(at)?),
-            other => return Err(at(unknown_scheme(other, "file, stdio, gen, memory, redis"))),
+            "kafka" => SourceSpec::Kafka(kafka::KafkaSourceSpec::parse(rest, kafka_keys(source), batch).map_err(at)?),
+            other => return Err(at(unknown_scheme(other, "file, stdio, gen, memory, redis, kafka"))),
         };
         // Keys a broker source takes; every other source refuses them.
-        let broker = matches!(scheme, "redis");
+        let broker = matches!(scheme, "redis" | "kafka");
         let unused = [
             ("group", source.group.is_some() && !broker),
             ("consumer", source.consumer.is_some() && !broker),
             ("start", source.start.is_some() && !broker),
             ("claim_idle_ms", source.claim_idle_ms.is_some() && scheme != "redis"),
-            ("properties", !source.properties.is_empty()),
+            ("properties", !source.properties.is_empty() && scheme != "kafka"),
         ];
         if let Some((key, _)) = unused.iter().find(|(_, set)| *set) {
             return Err(at(format!("key `{key}` does not apply to a {scheme}:// source")));
@@ -208,6 +212,7 @@ impl SourceSpec {
             SourceSpec::Gen(spec) => Box::new(generator::GenSource::new(spec.clone())),
             SourceSpec::Memory(spec) => Box::new(memory::MemorySource::new(spec.clone())),
             SourceSpec::Redis(spec) => Box::new(redis::RedisSource::new(spec.clone())),
+            SourceSpec::Kafka(spec) => Box::new(kafka::KafkaSource::new(spec.clone())),
         })
     }
 }
@@ -225,6 +230,8 @@ pub enum SinkSpec {
     Null(null::NullSink),
     /// `redis://host:port/stream`: pipelined XADD.
     Redis(redis::RedisSinkSpec),
+    /// `kafka://host:port/topic`: an idempotent producer.
+    Kafka(kafka::KafkaSinkSpec),
 }
 
 impl SinkSpec {
@@ -236,10 +243,13 @@ impl SinkSpec {
             redis.apply(sink).map_err(at)?;
             return Ok(spec);
         }
+        if let SinkSpec::Kafka(kafka) = &mut spec {
+            *kafka = kafka.clone().with_properties(&sink.properties).map_err(at)?;
+        }
         if sink.maxlen.is_some() {
             return Err(at("key `maxlen` does not apply to this sink".into()));
         }
-        if !sink.properties.is_empty() {
+        if !sink.properties.is_empty() && !matches!(spec, SinkSpec::Kafka(_)) {
             return Err(at("key `properties` does not apply to this sink".into()));
         }
         Ok(spec)
@@ -257,7 +267,8 @@ impl SinkSpec {
             "memory" => SinkSpec::Memory(memory::MemorySinkSpec::parse(rest)?),
             "null" => SinkSpec::Null(null::NullSink::parse(rest)?),
             "redis" => SinkSpec::Redis(redis::RedisSinkSpec::parse(rest)?),
-            other => return Err(unknown_scheme(other, "file, stdio, memory, null, redis")),
+            "kafka" => SinkSpec::Kafka(kafka::KafkaSinkSpec::parse(rest)?),
+            other => return Err(unknown_scheme(other, "file, stdio, memory, null, redis, kafka")),
         })
     }
 
@@ -269,7 +280,19 @@ impl SinkSpec {
             SinkSpec::Memory(spec) => Box::new(memory::MemorySink::new(spec.clone())),
             SinkSpec::Null(sink) => Box::new(sink.clone()),
             SinkSpec::Redis(spec) => Box::new(redis::RedisSink::new(spec.clone())?),
+            SinkSpec::Kafka(spec) => Box::new(kafka::KafkaSink::open(spec)?),
         })
+    }
+}
+
+/// The keys of a `[[source]]` a Kafka source reads.
+fn kafka_keys(source: &SourceConfig) -> kafka::SourceKeys<'_> {
+    kafka::SourceKeys {
+        name: &source.name,
+        group: source.group.as_deref(),
+        consumer: source.consumer.as_deref(),
+        start: source.start.as_deref(),
+        properties: Some(&source.properties),
     }
 }
 

@@ -218,7 +218,8 @@ fn wit_dir(dir: &Path, out: &Path) -> Result<PathBuf> {
 /// Runs a build tool, relaying its output; names the install command when
 /// the tool is missing.
 fn run_tool(mut command: Command, tool: &str, install: &str) -> Result<()> {
-    let status = command.stdout(Stdio::inherit()).stderr(Stdio::inherit()).status().map_err(|e| match e.kind() {
+    // The tools' chatter goes to stderr: stdout is `weir build`'s answer.
+    let status = command.stdout(std::io::stderr()).stderr(Stdio::inherit()).status().map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => anyhow::anyhow!("{tool} not found: install it with `{install}`"),
         _ => anyhow::anyhow!("cannot run {tool}: {e}"),
     })?;

@@ -234,7 +234,7 @@ impl KafkaContext {
         can_wait: bool,
     ) {
         let shared = &self.shared;
-        let cooperative = consumer.rebalance_protocol() == RebalanceProtocol::Cooperative;
+        let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 if let Start::Timestamp(ts) = shared.start {
