@@ -295,7 +295,7 @@ fn build_refuses_a_folder_that_is_not_a_plugin() {
     assert_eq!(
         line,
         format!(
-            "error: {} is not a plugin folder weir can build: expected a Rust crate (Cargo.toml)",
+            "error: {} is not a plugin folder weir can build: expected a Rust crate (Cargo.toml), a Python module (app.py or pyproject.toml) or a JavaScript module (package.json)",
             scratch.dir.path().display()
         )
     );
