@@ -252,8 +252,17 @@ fn trap_reason(
     stderr: &GuestOutput,
     limits: Limits,
 ) -> InstanceError {
-    let tail = stderr.take_tail();
-    let said = if tail.is_empty() { String::new() } else { format!(": {}", tail.replace('\n', " / ")) };
+    // The guest's last stderr lines (its panic message), minus std's hint
+    // about RUST_BACKTRACE, which means nothing to a weir user.
+    let tail: Vec<String> = stderr
+        .take_tail()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("note: run with `RUST_BACKTRACE"))
+        .map(str::to_string)
+        .collect();
+    let tail = tail.join(" / ");
+    let said = if tail.is_empty() { String::new() } else { format!(": {tail}") };
     let reason = if store.data().memory.hit {
         format!(
             "memory cap exceeded: the instance tried to grow past {} MiB (raise the stage's `limits.memory_mb`; \
