@@ -127,3 +127,92 @@ impl Batcher {
         std::mem::replace(&mut self.open, Batch::with_capacity(self.policy.max_size.min(4096)))
     }
 }
+
+/// Open batches by group: one [`Batcher`] per distinct group key, and one for
+/// messages without a group. A key is copied only when its group first
+/// appears and when its batch closes, never per message.
+#[derive(Debug)]
+pub struct Groups {
+    policy: BatchPolicy,
+    keyed: std::collections::HashMap<Vec<u8>, Batcher>,
+    unkeyed: Batcher,
+}
+
+/// A closed batch and the group it belongs to.
+pub type GroupBatch = (Option<Vec<u8>>, Batch);
+
+impl Groups {
+    /// No open batches.
+    pub fn new(policy: BatchPolicy) -> Self {
+        Groups { policy, keyed: Default::default(), unkeyed: Batcher::new(policy) }
+    }
+
+    /// Adds a message to the group `group_of` finds in it; returns the
+    /// group's batch when it is full.
+    pub fn push(
+        &mut self,
+        message: Message,
+        token: AckToken,
+        group_of: impl Fn(&Message) -> Option<&[u8]>,
+    ) -> Option<GroupBatch> {
+        let Some(group) = group_of(&message) else {
+            return self.unkeyed.push(message, token).map(|b| (None, b));
+        };
+        if !self.keyed.contains_key(group) {
+            self.keyed.insert(group.to_vec(), Batcher::new(self.policy));
+        }
+        let batcher = self.keyed.get_mut(group).expect("inserted above");
+        let full = batcher.push(message, token)?;
+        // The group's key, read back from the message that filled the batch.
+        let key = full.messages.last().and_then(&group_of).map(<[u8]>::to_vec);
+        Some((key, full))
+    }
+
+    /// Adds a whole batch to one group (`None`: no group), returning every
+    /// batch it fills; a batch of exactly the right size passes through
+    /// without copying.
+    pub fn push_batch(&mut self, group: Option<&[u8]>, batch: Batch, full: &mut Vec<GroupBatch>) {
+        let batcher = match group {
+            None => &mut self.unkeyed,
+            Some(key) => {
+                if !self.keyed.contains_key(key) {
+                    self.keyed.insert(key.to_vec(), Batcher::new(self.policy));
+                }
+                self.keyed.get_mut(key).expect("inserted above")
+            }
+        };
+        let mut closed = Vec::new();
+        batcher.push_batch(batch, &mut closed);
+        full.extend(closed.into_iter().map(|b| (group.map(<[u8]>::to_vec), b)));
+    }
+
+    /// When the oldest open batch must close.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.keyed.values().filter_map(Batcher::deadline).chain(self.unkeyed.deadline()).min()
+    }
+
+    /// Closes the batches whose time is up. Their groups are forgotten, so
+    /// keys seen once do not accumulate.
+    pub fn take_expired(&mut self, now: Instant) -> Vec<GroupBatch> {
+        let mut ready = Vec::new();
+        self.keyed.retain(|key, batcher| {
+            let expired = batcher.deadline().is_some_and(|d| d <= now);
+            if expired {
+                ready.push((Some(key.clone()), batcher.take()));
+            }
+            !expired
+        });
+        if self.unkeyed.deadline().is_some_and(|d| d <= now) {
+            ready.push((None, self.unkeyed.take()));
+        }
+        ready
+    }
+
+    /// Closes every open batch.
+    pub fn take_all(&mut self) -> Vec<GroupBatch> {
+        let mut all: Vec<GroupBatch> = self.keyed.drain().map(|(k, mut b)| (Some(k), b.take())).collect();
+        all.push((None, self.unkeyed.take()));
+        all.retain(|(_, b)| !b.is_empty());
+        all
+    }
+}

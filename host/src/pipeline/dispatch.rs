@@ -3,13 +3,12 @@
 //! a header, so one key always lands on one instance, in order). Batches are
 //! formed here, per instance and per group when the stage groups them.
 
-use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::batch::{Batch, BatchPolicy, Batcher};
+use super::batch::{Batch, BatchPolicy, Groups};
 use super::stage::Work;
 use crate::config::GroupBy;
 
@@ -31,11 +30,6 @@ pub fn partition_of(value: Option<&[u8]>, n: usize) -> usize {
     (hasher.finish() % n as u64) as usize
 }
 
-struct Slot {
-    instance: usize,
-    group: Option<Vec<u8>>,
-}
-
 /// Runs until `input` closes, then flushes and closes the instances' inputs.
 pub(crate) async fn dispatch(
     mut input: mpsc::Receiver<Batch>,
@@ -44,9 +38,12 @@ pub(crate) async fn dispatch(
     policy: BatchPolicy,
     group_by: Option<GroupBy>,
 ) {
-    let mut dispatcher = Dispatcher { instances, mode, policy, group_by, batchers: HashMap::new(), seq: 0, next: 0 };
+    // Partition dispatch batches per instance; the others share one set.
+    let sets = if matches!(mode, Mode::Partition(_)) { instances.len() } else { 1 };
+    let groups = (0..sets).map(|_| Groups::new(policy)).collect();
+    let mut dispatcher = Dispatcher { instances, mode, group_by, groups, seq: 0, next: 0 };
     loop {
-        let deadline = dispatcher.batchers.values().filter_map(|(_, b)| b.deadline()).min();
+        let deadline = dispatcher.groups.iter().filter_map(Groups::deadline).min();
         tokio::select! {
             batch = input.recv() => match batch {
                 Some(batch) => dispatcher.accept(batch).await,
@@ -68,45 +65,36 @@ async fn sleep_until(deadline: Option<Instant>) {
 struct Dispatcher {
     instances: Vec<mpsc::Sender<Work>>,
     mode: Mode,
-    policy: BatchPolicy,
     group_by: Option<GroupBy>,
-    /// Open batches by (instance for partition dispatch, group).
-    batchers: HashMap<(usize, Option<Vec<u8>>), (Slot, Batcher)>,
+    /// Open batches: per instance for partition dispatch, else one set.
+    groups: Vec<Groups>,
     seq: u64,
     next: usize,
 }
 
 impl Dispatcher {
     async fn accept(&mut self, mut batch: Batch) {
-        let n = self.instances.len();
-        let simple = self.group_by.is_none() && !matches!(self.mode, Mode::Partition(_));
-        if simple {
-            let mut full = Vec::new();
-            let (_, batcher) = self
-                .batchers
-                .entry((0, None))
-                .or_insert_with(|| (Slot { instance: 0, group: None }, Batcher::new(self.policy)));
-            batcher.push_batch(batch, &mut full);
-            for b in full {
-                self.send(0, None, b).await;
-            }
-            return;
-        }
         let mut full = Vec::new();
-        for (message, token) in batch.messages.drain(..).zip(batch.tokens.drain(..)) {
-            let instance = match &self.mode {
-                Mode::Partition(by) => partition_of(by.of(&message), n),
-                _ => 0,
-            };
-            let group = self.group_by.as_ref().map(|by| by.of(&message).map(<[u8]>::to_vec).unwrap_or_default());
-            let policy = self.policy;
-            let key = (instance, group);
-            let (slot, batcher) = self
-                .batchers
-                .entry(key.clone())
-                .or_insert_with(|| (Slot { instance: key.0, group: key.1.clone() }, Batcher::new(policy)));
-            if let Some(b) = batcher.push(message, token) {
-                full.push((slot.instance, slot.group.clone(), b));
+        match (&self.mode, &self.group_by) {
+            (Mode::Partition(_), _) | (_, Some(_)) => {
+                let n = self.instances.len();
+                let group_by = self.group_by.as_ref();
+                for (message, token) in batch.messages.drain(..).zip(batch.tokens.drain(..)) {
+                    let instance = match &self.mode {
+                        Mode::Partition(by) => partition_of(by.of(&message), n),
+                        _ => 0,
+                    };
+                    // With `group_by`, a message without the key is its own
+                    // (empty) group, so aggregators still see a batch key.
+                    let closed =
+                        self.groups[instance].push(message, token, |m| group_by.map(|by| by.of(m).unwrap_or_default()));
+                    full.extend(closed.map(|(group, b)| (instance, group, b)));
+                }
+            }
+            _ => {
+                let mut closed = Vec::new();
+                self.groups[0].push_batch(None, batch, &mut closed);
+                full.extend(closed.into_iter().map(|(group, b)| (0, group, b)));
             }
         }
         for (instance, group, b) in full {
@@ -116,27 +104,20 @@ impl Dispatcher {
 
     async fn flush_expired(&mut self) {
         let now = Instant::now();
-        let mut ready = Vec::new();
-        self.batchers.retain(|_, (slot, batcher)| {
-            if batcher.deadline().is_some_and(|d| d <= now) {
-                ready.push((slot.instance, slot.group.take(), batcher.take()));
-                // Grouped batchers are dropped once flushed so that groups
-                // (keys) seen once do not accumulate.
-                return false;
-            }
-            true
-        });
+        let ready: Vec<_> = (0..self.groups.len())
+            .flat_map(|i| self.groups[i].take_expired(now).into_iter().map(move |(g, b)| (i, g, b)))
+            .collect();
         for (instance, group, b) in ready {
             self.send(instance, group, b).await;
         }
     }
 
     async fn flush_all(&mut self) {
-        let batchers: Vec<_> = self.batchers.drain().map(|(_, (slot, mut b))| (slot, b.take())).collect();
-        for (slot, b) in batchers {
-            if !b.is_empty() {
-                self.send(slot.instance, slot.group, b).await;
-            }
+        let all: Vec<_> = (0..self.groups.len())
+            .flat_map(|i| self.groups[i].take_all().into_iter().map(move |(g, b)| (i, g, b)))
+            .collect();
+        for (instance, group, b) in all {
+            self.send(instance, group, b).await;
         }
     }
 

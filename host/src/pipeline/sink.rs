@@ -3,7 +3,6 @@
 //! only once the write succeeded. A failing write is retried with backoff;
 //! meanwhile backpressure holds the pipeline back, and nothing is lost.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -13,7 +12,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::ack::done_all;
-use super::batch::{Batch, BatchPolicy, Batcher};
+use super::batch::{Batch, BatchPolicy, GroupBatch, Groups};
 use super::control::Control;
 use crate::config::GroupBy;
 use crate::connectors::{Sink, SinkSpec};
@@ -42,56 +41,45 @@ pub(crate) async fn run(
     control: Control,
 ) -> Result<()> {
     let mut sink = spec.open().await.map_err(|e| anyhow::anyhow!("sink `{name}`: {e:#}"))?;
-    let mut batchers: HashMap<Option<Vec<u8>>, Batcher> = HashMap::new();
+    let mut groups = Groups::new(policy);
     let mut writer = Writer { name: &name, sink: sink.as_mut(), stats: &stats, control: &control };
     loop {
-        let deadline = batchers.values().filter_map(Batcher::deadline).min();
+        let deadline = groups.deadline();
         tokio::select! {
             batch = input.recv() => match batch {
                 None => break,
                 Some(batch) => {
-                    for full in group(&mut batchers, batch, policy, group_by.as_ref()) {
+                    for (_, full) in group(&mut groups, batch, group_by.as_ref()) {
                         writer.write(full).await;
                     }
                 }
             },
             _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => {
-                let now = Instant::now();
-                let expired: Vec<_> = batchers.iter().filter(|(_, b)| b.deadline().is_some_and(|d| d <= now)).map(|(k, _)| k.clone()).collect();
-                for key in expired {
-                    if let Some(mut batcher) = batchers.remove(&key) {
-                        writer.write(batcher.take()).await;
-                    }
+                for (_, expired) in groups.take_expired(Instant::now()) {
+                    writer.write(expired).await;
                 }
             }
         }
     }
-    for (_, mut batcher) in batchers.drain() {
-        writer.write(batcher.take()).await;
+    for (_, rest) in groups.take_all() {
+        writer.write(rest).await;
     }
     sink.close().await.map_err(|e| anyhow::anyhow!("sink `{name}`: closing: {e:#}"))
 }
 
-/// Adds `batch` to its group's batcher; returns the batches that filled up.
-fn group(
-    batchers: &mut HashMap<Option<Vec<u8>>, Batcher>,
-    mut batch: Batch,
-    policy: BatchPolicy,
-    group_by: Option<&GroupBy>,
-) -> Vec<Batch> {
+/// Adds `batch` to its group's open batch; returns the batches that filled up.
+fn group(groups: &mut Groups, mut batch: Batch, group_by: Option<&GroupBy>) -> Vec<GroupBatch> {
     let mut full = Vec::new();
     match group_by {
-        None => batchers.entry(None).or_insert_with(|| Batcher::new(policy)).push_batch(batch, &mut full),
+        None => groups.push_batch(None, batch, &mut full),
         Some(GroupBy::Route) => {
-            let key = batch.route.as_ref().map(|r| r.as_bytes().to_vec());
-            batchers.entry(key).or_insert_with(|| Batcher::new(policy)).push_batch(batch, &mut full);
+            // Each incoming batch came through one route: it is one group.
+            let route = batch.route.clone();
+            groups.push_batch(route.as_deref().map(str::as_bytes), batch, &mut full);
         }
         Some(by) => {
             for (message, token) in batch.messages.drain(..).zip(batch.tokens.drain(..)) {
-                let key = by.of(&message).map(<[u8]>::to_vec);
-                if let Some(b) = batchers.entry(key).or_insert_with(|| Batcher::new(policy)).push(message, token) {
-                    full.push(b);
-                }
+                full.extend(groups.push(message, token, |m| by.of(m)));
             }
         }
     }
