@@ -4,7 +4,7 @@
 //! [`export_processor!`]; build it with `cargo build --target wasm32-wasip2`
 //! (or `weir build`), and the resulting `.wasm` is a weir plugin.
 //!
-//! ```ignore
+//! ```no_run
 //! use weir_sdk::{Config, Message, Outcome, Processor};
 //!
 //! struct Upper;
