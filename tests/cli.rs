@@ -46,10 +46,11 @@ fn check_describes_a_processor() {
     let (stdout, _) = weir_ok(&["check", path_str(&wasm)]);
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines[0], format!("{}: ok", wasm.display()));
-    assert_eq!(lines[1], "  world    weir:processor/processor@0.1.0");
+    // The SDK builds the packed world by default.
+    assert_eq!(lines[1], "  world    weir:processor/processor-packed@0.1.0");
     assert!(lines[2].starts_with("  version  ") && lines[2].len() == "  version  ".len() + 64, "{stdout}");
-    assert_eq!(lines[3], "  exports  init (func), process (func)");
-    assert!(lines[4].starts_with("  imports  ") && lines[4].contains("weir:processor/types@0.1.0"), "{stdout}");
+    assert_eq!(lines[3], "  exports  init (func), process-packed (func)");
+    assert!(lines[4].starts_with("  imports  ") && lines[4].contains("wasi:cli/stderr"), "{stdout}");
     assert_eq!(lines.len(), 5, "{stdout}");
 }
 
@@ -59,8 +60,8 @@ fn check_describes_an_aggregator() {
     let (stdout, _) = weir_ok(&["check", path_str(&wasm)]);
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines[0], format!("{}: ok", wasm.display()));
-    assert_eq!(lines[1], "  world    weir:processor/aggregator@0.1.0");
-    assert_eq!(lines[3], "  exports  init (func), process-batch (func)");
+    assert_eq!(lines[1], "  world    weir:processor/aggregator-packed@0.1.0");
+    assert_eq!(lines[3], "  exports  init (func), process-batch-packed (func)");
     // count-by-key keeps its counts in the stage state: it imports the host interface.
     assert!(lines[4].contains("weir:processor/host@0.1.0"), "{stdout}");
 }
@@ -125,8 +126,9 @@ fn check_refuses_a_component_of_another_world() {
     let line = weir_refuses(&["check", path_str(&wasm)]);
     assert!(
         line.starts_with(&format!(
-            "error: {}: component does not implement a weir world: it exports neither `process` (processor) nor \
-             `process-batch` (aggregator)",
+            "error: {}: component does not implement a weir world: it exports none of `process` (processor), \
+             `process-batch` (aggregator), `process-packed` (processor-packed) or `process-batch-packed` \
+             (aggregator-packed)",
             wasm.display()
         )),
         "{line}"
@@ -282,10 +284,10 @@ fn build_prints_the_component_path() {
     let wasm = Path::new(lines[0]);
     assert!(wasm.is_absolute() && wasm.is_file(), "{stdout}");
     assert_eq!(wasm.file_name().unwrap(), "passthrough.wasm");
-    assert!(stderr.contains(&format!("built {} (processor", wasm.display())), "{stderr}");
+    assert!(stderr.contains(&format!("built {} (processor-packed", wasm.display())), "{stderr}");
     // What was built is a valid plugin.
     let (checked, _) = weir_ok(&["check", lines[0]]);
-    assert!(checked.contains("weir:processor/processor@0.1.0"), "{checked}");
+    assert!(checked.contains("weir:processor/processor-packed@0.1.0"), "{checked}");
 }
 
 #[test]

@@ -1,7 +1,9 @@
 //! One set of fixtures through the same processor written in Rust, Python and
-//! JavaScript (`examples/*-enrich`): outputs, routes and failures must be
-//! identical, and a Python or JS exception must be handled by the stage's
-//! error policy exactly like a Rust `fail`, never killing the host.
+//! JavaScript (`examples/*-enrich`), each built twice: against the packed
+//! world (what the SDKs build by default) and against the record world.
+//! Outputs, routes and failures must be identical across all six builds, and
+//! a Python or JS exception must be handled by the stage's error policy
+//! exactly like a Rust `fail`, never killing the host.
 //!
 //! Needs the real toolchains: the `wasm32-wasip2` target, componentize-py on
 //! the PATH and componentize-js in `sdk/js/node_modules` (see `.ci/run`).
@@ -17,11 +19,22 @@ use serde_json::Value;
 use support::*;
 use weir::config::Format;
 use weir::connectors::format;
-use weir::plugin::{Instance, Runtime, StageContext};
+use weir::plugin::build::Abi;
+use weir::plugin::{Encoding, Instance, Runtime, StageContext};
 use weir::{Message, Outcome};
 
 /// The example processors, by language.
 const LANGUAGES: [(&str, &str); 3] = [("rust", "rust-enrich"), ("python", "python-enrich"), ("js", "js-enrich")];
+
+/// Every language in both forms of the world: (label, example, form).
+fn builds() -> Vec<(String, &'static str, Abi)> {
+    LANGUAGES
+        .iter()
+        .flat_map(|&(lang, name)| {
+            [(format!("{lang}/packed"), name, Abi::Packed), (format!("{lang}/record"), name, Abi::Record)]
+        })
+        .collect()
+}
 
 /// Debug builds compile a ~20 MB Python component on a cold cache.
 const RUN_LIMIT: Duration = Duration::from_secs(300);
@@ -36,15 +49,16 @@ fn config() -> Vec<(String, String)> {
 
 /// Builds an example with `weir build`'s code path, once per test process
 /// (one build at a time).
-fn example(name: &str) -> PathBuf {
-    static BUILT: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
+fn example(name: &str, abi: Abi) -> PathBuf {
+    static BUILT: OnceLock<Mutex<HashMap<(String, Abi), PathBuf>>> = OnceLock::new();
     let mut built = BUILT.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(path) = built.get(name) {
+    if let Some(path) = built.get(&(name.to_string(), abi)) {
         return path.clone();
     }
+    toolchains(true);
     let dir = workspace().join("examples").join(name);
-    let wasm = weir::plugin::build::build(&dir).unwrap_or_else(|e| panic!("building {name}: {e:#}"));
-    built.insert(name.to_string(), wasm.clone());
+    let wasm = weir::plugin::build::build_abi(&dir, abi).unwrap_or_else(|e| panic!("building {name} ({abi:?}): {e:#}"));
+    built.insert((name.to_string(), abi), wasm.clone());
     wasm
 }
 
@@ -56,10 +70,15 @@ fn inputs() -> Vec<Message> {
         .collect()
 }
 
-/// An outcome in a comparable form: every field of every output, or the reason.
-fn describe(outcome: &Outcome) -> String {
+/// An outcome in a comparable form: every field of every output, or the
+/// reason. `keep` is described as the input it forwards.
+fn describe(outcome: &Outcome, input: &Message) -> String {
     match outcome {
         Outcome::Fail(reason) => format!("fail {reason:?}"),
+        Outcome::Keep => {
+            let Message { key, value, headers, timestamp_ms, .. } = input.clone();
+            describe(&Outcome::Emit(vec![weir::Output { key, value, headers, timestamp_ms, route: None }]), input)
+        }
         Outcome::Emit(outputs) => outputs
             .iter()
             .map(|o| {
@@ -82,16 +101,21 @@ fn describe(outcome: &Outcome) -> String {
 fn every_language_gives_identical_outcomes_on_the_fixtures() {
     let runtime = Runtime::new().expect("runtime");
     let batch = inputs();
-    let mut results: Vec<(&str, Vec<String>)> = Vec::new();
-    for (lang, name) in LANGUAGES {
-        let plugin = runtime.load_file(&example(name)).unwrap_or_else(|e| panic!("{lang}: {e:#}"));
-        let mut instance = Instance::new(&plugin, Arc::new(StageContext::new(lang, config())))
+    let mut results: Vec<(String, Vec<String>)> = Vec::new();
+    for (lang, name, abi) in builds() {
+        let plugin = runtime.load_file(&example(name, abi)).unwrap_or_else(|e| panic!("{lang}: {e:#}"));
+        let expected = if abi == Abi::Packed { Encoding::Packed } else { Encoding::Records };
+        assert_eq!(plugin.encoding(), expected, "{lang}: built against the wrong world");
+        let mut instance = Instance::new(&plugin, Arc::new(StageContext::new(&lang, config())))
             .unwrap_or_else(|e| panic!("{lang}: init: {e}"));
         // The whole fixture as one batch, then message by message: a batch
         // boundary must not change anything.
-        let whole: Vec<String> = instance.process(&batch).expect("no trap").iter().map(describe).collect();
-        let single: Vec<String> =
-            batch.iter().map(|m| describe(&instance.process(std::slice::from_ref(m)).expect("no trap")[0])).collect();
+        let whole: Vec<String> =
+            instance.process(&batch).expect("no trap").iter().zip(&batch).map(|(o, m)| describe(o, m)).collect();
+        let single: Vec<String> = batch
+            .iter()
+            .map(|m| describe(&instance.process(std::slice::from_ref(m)).expect("no trap")[0], m))
+            .collect();
         assert_eq!(whole, single, "{lang}: batching changed the outcomes");
         results.push((lang, whole));
     }
@@ -113,9 +137,9 @@ fn every_language_gives_identical_outcomes_on_the_fixtures() {
 #[test]
 fn init_refuses_a_missing_config_key_in_every_language() {
     let runtime = Runtime::new().expect("runtime");
-    for (lang, name) in LANGUAGES {
-        let plugin = runtime.load_file(&example(name)).unwrap_or_else(|e| panic!("{lang}: {e:#}"));
-        let error = Instance::new(&plugin, Arc::new(StageContext::new(lang, vec![]))).err();
+    for (lang, name, abi) in builds() {
+        let plugin = runtime.load_file(&example(name, abi)).unwrap_or_else(|e| panic!("{lang}: {e:#}"));
+        let error = Instance::new(&plugin, Arc::new(StageContext::new(&lang, vec![]))).err();
         let error = error.unwrap_or_else(|| panic!("{lang} accepted a config without `region`")).to_string();
         assert!(error.contains("missing config key `region`"), "{lang}: {error}");
     }
@@ -125,8 +149,8 @@ fn init_refuses_a_missing_config_key_in_every_language() {
 fn weir_test_passes_the_shared_fixture_in_every_language() {
     let input = fixtures().join("input.ndjson");
     let expect = fixtures().join("expected.ndjson");
-    for (lang, name) in LANGUAGES {
-        let wasm = example(name);
+    for (lang, name, abi) in builds() {
+        let wasm = example(name, abi);
         let output = run_weir(
             &[
                 "test",
@@ -157,7 +181,7 @@ fn weir_test_prints_a_diff_and_exits_1_on_mismatch() {
     let wrong = expected.replacen(r#"{"fail": "missing field: user"}"#, r#"{"fail": "no user"}"#, 1);
     assert_ne!(wrong, expected);
     let expect = scratch.write("expected.ndjson", &wrong);
-    let wasm = example("python-enrich");
+    let wasm = example("python-enrich", Abi::Packed);
     let input = fixtures().join("input.ndjson");
     let args = ["test", wasm.to_str().unwrap(), "--input", input.to_str().unwrap(), "--expect"];
     let output = run_weir(&[&args[..], &[expect.to_str().unwrap(), "--config", "region=eu-west"]].concat(), RUN_LIMIT);
@@ -188,7 +212,7 @@ fn file_uri(path: &Path) -> String {
 
 /// Runs the fixture through `weir run` with one example and an error policy;
 /// returns the run's output and the scratch folder with the sink files.
-fn run_example(name: &str, on_error: &str) -> (std::process::Output, Scratch) {
+fn run_example(name: &str, abi: Abi, on_error: &str) -> (std::process::Output, Scratch) {
     let scratch = Scratch::new();
     let pipeline = format!(
         r#"
@@ -223,7 +247,7 @@ route = "audit"
 uri = {dead}
 "#,
         input = file_uri(&fixtures().join("input.ndjson")),
-        plugin = toml_str(&example(name)),
+        plugin = toml_str(&example(name, abi)),
         out = file_uri(&scratch.path("out.ndjson")),
         alerts = file_uri(&scratch.path("alerts.ndjson")),
         audit = file_uri(&scratch.path("audit.ndjson")),
@@ -241,8 +265,8 @@ fn sorted(mut lines: Vec<String>) -> Vec<String> {
 #[test]
 fn exceptions_are_dead_lettered_like_rust_failures_end_to_end() {
     let mut runs = Vec::new();
-    for (lang, name) in LANGUAGES {
-        let (output, scratch) = run_example(name, "dead-letter");
+    for (lang, name, abi) in builds() {
+        let (output, scratch) = run_example(name, abi, "dead-letter");
         let (stdout, stderr) = text(&output);
         assert_eq!(output.status.code(), Some(0), "{lang}\nstdout:\n{stdout}\nstderr:\n{stderr}");
         let dead = scratch.json_lines("dead.ndjson");
@@ -262,9 +286,9 @@ fn exceptions_are_dead_lettered_like_rust_failures_end_to_end() {
         .map(|(k, r)| (k.to_string(), r.to_string()))
         .collect();
         assert_eq!(reasons, expected, "{lang}");
-        assert!(dead.iter().all(|l| l["headers"]["weir-stage"] == Value::from("enrich")), "{lang}: {dead:?}");
+        assert!(dead.iter().all(|l| l["headers"]["weir-stage"] == "enrich"), "{lang}: {dead:?}");
         // The dead-lettered message is the original input.
-        let e4 = dead.iter().find(|l| l["key"] == Value::from("e4")).unwrap();
+        let e4 = dead.iter().find(|l| l["key"] == "e4").unwrap();
         assert_eq!(e4["value"], Value::from("not json at all"), "{lang}");
         runs.push((
             lang,
@@ -286,7 +310,7 @@ fn exceptions_are_dead_lettered_like_rust_failures_end_to_end() {
 #[test]
 fn python_and_js_exceptions_under_halt_stop_the_run_cleanly() {
     for name in ["python-enrich", "js-enrich"] {
-        let (output, scratch) = run_example(name, "halt");
+        let (output, scratch) = run_example(name, Abi::Packed, "halt");
         let (stdout, stderr) = text(&output);
         // A runtime failure (exit 1), reported with the plugin's reason: not a crash.
         assert_eq!(output.status.code(), Some(1), "{name}\nstdout:\n{stdout}\nstderr:\n{stderr}");

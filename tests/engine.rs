@@ -220,7 +220,7 @@ async fn isolate_poison(name: &str, config: &str, limits: &str, marker: &str, ev
         assert_eq!(header(m, "weir-stage"), "faulty");
         assert!(String::from_utf8_lossy(&m.value).starts_with(marker), "the original value is kept");
     }
-    assert_eq!(report.stages[0].1.traps as usize >= bad.len(), true, "each bad message trapped at least once");
+    assert!(report.stages[0].1.traps as usize >= bad.len(), "each bad message trapped at least once");
     assert_eq!(input.acked(), total, "the acknowledged watermark covers everything");
 }
 

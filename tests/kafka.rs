@@ -13,7 +13,6 @@ mod support;
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::rc::Rc;
@@ -29,7 +28,7 @@ use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{DefaultProducerContext, DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::{Message as _, Offset, TopicPartitionList};
-use support::{Scratch, plugin, wait_until};
+use support::{Scratch, free_port, plugin, wait_until};
 use tokio_util::sync::CancellationToken;
 
 const PARTITIONS: i32 = 6;
@@ -58,10 +57,6 @@ impl Drop for Broker {
             let _ = child.wait();
         }
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("binding a free port").local_addr().unwrap().port()
 }
 
 fn on_path(binary: &str) -> bool {
@@ -500,17 +495,16 @@ fn pipeline(broker: &Broker, input: &str, output: &str, group: &str) -> String {
 
 /// Waits until the group has committed everything `topic` holds (look-ups
 /// that fail while a broker reconnects are retried).
-fn wait_committed(broker: &Broker, group: &str, topic: &str, weirs: &[&Weir], limit: Duration) {
+fn wait_committed(broker: &Broker, group: &str, topic: &str, logs: impl Fn() -> String, limit: Duration) {
     let done = wait_until(limit, || {
         broker.end_offsets(topic).is_some_and(|end| broker.committed(group, topic).is_some_and(|c| c == end))
     });
     if !done {
-        let logs: Vec<String> = weirs.iter().map(|w| w.log()).collect();
         panic!(
             "group {group} did not commit {:?} on {topic} (committed {:?}); logs:\n{}",
             broker.end_offsets(topic),
             broker.committed(group, topic),
-            logs.join("\n-----\n")
+            logs()
         );
     }
 }
@@ -569,7 +563,7 @@ fn end_to_end_100k_messages_through_the_weir_binary() {
 
     let started = Instant::now();
     let mut weir = Weir::start(&file);
-    wait_committed(&broker, "e2e", "e2e-in", &[&weir], Duration::from_secs(600));
+    wait_committed(&broker, "e2e", "e2e-in", || weir.log(), Duration::from_secs(600));
     weir.stop();
     eprintln!("{}: 100000 messages through weir in {:?}", broker.name(), started.elapsed());
 
@@ -612,7 +606,7 @@ fn kill_9_mid_run_then_restart_loses_nothing() {
     broker.produce("crash-in", &mut second);
 
     let mut again = Weir::start(&file);
-    wait_committed(&broker, "crash", "crash-in", &[&again], Duration::from_secs(600));
+    wait_committed(&broker, "crash", "crash-in", || again.log(), Duration::from_secs(600));
     again.stop();
 
     let all: Vec<Record> = first.into_iter().chain(second).collect();
@@ -679,7 +673,7 @@ fn second_process_joins_then_first_leaves_without_loss() {
     produce(60_000..80_000);
     let status = first.wait(Duration::from_secs(120));
     assert_eq!(status.code(), Some(0), "first process: {}", first.log());
-    wait_committed(&broker, "scale", "scale-in", &[&second], Duration::from_secs(600));
+    wait_committed(&broker, "scale", "scale-in", || second.log(), Duration::from_secs(600));
     second.stop();
 
     let output = broker.read_all("scale-out");
@@ -692,8 +686,38 @@ fn second_process_joins_then_first_leaves_without_loss() {
     assert_eq!(broker.committed("scale", "scale-in"), Some(broker.end("scale-in")));
 }
 
+/// Log lines of pipelines run inside this test process (only the broker
+/// fault test runs one), so that a failure can show what weir said.
+static IN_PROCESS_LOG: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+
+struct InProcessLog;
+
+impl std::io::Write for InProcessLog {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        IN_PROCESS_LOG.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn capture_in_process_log() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("info,weir::connectors=debug")
+        .with_ansi(false)
+        .with_writer(|| InProcessLog)
+        .try_init();
+}
+
+fn in_process_log() -> String {
+    String::from_utf8_lossy(&IN_PROCESS_LOG.lock().unwrap()).into_owned()
+}
+
 #[test]
 fn broker_down_then_up_loses_nothing() {
+    capture_in_process_log();
     let broker = Broker::mock();
     broker.create_topic("fault-in", PARTITIONS);
     broker.create_topic("fault-out", PARTITIONS);
@@ -709,7 +733,11 @@ fn broker_down_then_up_loses_nothing() {
     let run = rt.spawn(pipeline.run(shutdown.clone()));
 
     let out_total = || broker.end_offsets("fault-out").map_or(0, |e| e.iter().sum::<i64>());
-    assert!(wait_until(Duration::from_secs(300), || out_total() >= 3_000), "no progress before the fault");
+    assert!(
+        wait_until(Duration::from_secs(300), || out_total() >= 3_000),
+        "no progress before the fault; log:\n{}",
+        in_process_log()
+    );
     let Backend::Mock(cluster) = &broker.backend else { unreachable!() };
     cluster.broker_down(-1).unwrap();
     // The broker is observably down: a delivery with a short timeout fails.
@@ -721,13 +749,13 @@ fn broker_down_then_up_loses_nothing() {
     assert!(failed, "the broker still took a message while down");
     cluster.broker_up(-1).unwrap();
 
-    wait_committed(&broker, "fault", "fault-in", &[], Duration::from_secs(300));
+    wait_committed(&broker, "fault", "fault-in", in_process_log, Duration::from_secs(300));
     shutdown.cancel();
     let report = rt
         .block_on(async { tokio::time::timeout(Duration::from_secs(120), run).await })
-        .expect("the run ended")
+        .unwrap_or_else(|_| panic!("the run did not end; log:\n{}", in_process_log()))
         .expect("the run did not panic");
-    assert!(report.success(), "{report:?}");
+    assert!(report.success(), "{report:?}; log:\n{}", in_process_log());
     let output = broker.read_all("fault-out");
     let seen = tally(&input, &output);
     eprintln!(
@@ -795,7 +823,7 @@ fn relay_with_kafka_on_either_side() {
     let file_out = format!("file://{}", output.display());
     let args = ["relay", "--input", &from_kafka, "--plugin", plugin.to_str().unwrap(), "--output", &file_out];
     let mut second = Weir::spawn(&args);
-    wait_committed(&broker, "relay", "relay-mid", &[&second], Duration::from_secs(300));
+    wait_committed(&broker, "relay", "relay-mid", || second.log(), Duration::from_secs(300));
     second.stop();
     let mut out: Vec<(String, String, u64)> = scratch
         .json_lines("out.ndjson")

@@ -68,10 +68,15 @@ fn part(key: Option<&str>, value: &str, headers: &[(&str, &str)], ts: Option<u64
     )
 }
 
-/// What became of one input: its outputs' parts, or the failure reason.
-fn resolved(outcome: &Outcome) -> Result<Vec<Parts>, String> {
+/// What became of one input: its outputs' parts (`keep` is the input
+/// itself, unchanged), or the failure reason.
+fn resolved(outcome: &Outcome, input: &Message) -> Result<Vec<Parts>, String> {
     match outcome {
         Outcome::Emit(outputs) => Ok(outputs.iter().map(parts).collect()),
+        Outcome::Keep => {
+            let Message { key, value, headers, timestamp_ms, .. } = input.clone();
+            Ok(vec![parts(&Output { key, value, headers, timestamp_ms, route: None })])
+        }
         Outcome::Fail(reason) => Err(reason.clone()),
     }
 }
@@ -79,7 +84,7 @@ fn resolved(outcome: &Outcome) -> Result<Vec<Parts>, String> {
 fn process(instance: &mut Instance, batch: &[Message]) -> Vec<Result<Vec<Parts>, String>> {
     let outcomes = instance.process(batch).unwrap_or_else(|e| panic!("process trapped: {e}"));
     assert_eq!(outcomes.len(), batch.len(), "one outcome per input");
-    outcomes.iter().map(resolved).collect()
+    outcomes.iter().zip(batch).map(|(outcome, input)| resolved(outcome, input)).collect()
 }
 
 /// The values a processor kept, one entry per input: `None` = filtered out.
@@ -120,10 +125,11 @@ fn passthrough_emits_every_message_unchanged() {
     );
     // An empty batch is fine too, and binary values pass untouched.
     assert!(instance.process(&[]).unwrap().is_empty());
+    // An unchanged message comes back as `keep`: the host forwards its own
+    // copy, nothing is copied back out of the instance.
     let binary = Message::from_value(vec![0xff, 0x00, 0x80]);
     let outcomes = instance.process(&[binary]).unwrap();
-    let Outcome::Emit(outputs) = &outcomes[0] else { panic!("failed") };
-    assert_eq!(outputs[0].value, vec![0xff, 0x00, 0x80]);
+    assert!(matches!(outcomes[..], [Outcome::Keep]), "{outcomes:?}");
 }
 
 #[test]

@@ -11,6 +11,7 @@ use support::*;
 const LIMIT: Duration = Duration::from_secs(600);
 
 fn scaffold(lang: &str) {
+    toolchains(true);
     let scratch = Scratch::new();
     let dir = scratch.path(&format!("greet-{lang}"));
     let dir_arg = dir.to_str().unwrap();

@@ -5,51 +5,26 @@ mod support;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
-use support::{Scratch, plugin, wait_until, wait_with_deadline, weir, workspace};
+use support::{
+    ADMIN_TOKEN, Admin, Scratch, free_port, plugin, start_weir, terminate, wait_until, wait_with_deadline, weir,
+    workspace,
+};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(60)))
-        .build()
-        .into()
-}
-
-/// (status, body) of a request to the admin API.
+/// (status, body) of a request to the admin API, with the admin token.
 fn post(port: u16, path: &str, body: &[u8]) -> (u16, serde_json::Value) {
-    let mut response = agent().post(&format!("http://127.0.0.1:{port}{path}")).send(body).expect("admin reachable");
-    let status = response.status().as_u16();
-    let text = response.body_mut().read_to_string().unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)))
+    Admin::new(port).post(path, body)
 }
 
 fn get(port: u16, path: &str) -> Option<serde_json::Value> {
-    let mut response = agent().get(&format!("http://127.0.0.1:{port}{path}")).call().ok()?;
-    let text = response.body_mut().read_to_string().ok()?;
-    Some(serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)))
+    Admin::new(port).get(path)
 }
 
+/// `weir run PIPELINE`, with the admin token set.
 fn start(pipeline: &Path) -> Child {
-    weir()
-        .args(["run", pipeline.to_str().unwrap()])
-        .env("WEIR_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting weir")
-}
-
-fn terminate(child: &Child) {
-    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
-    assert!(status.success());
+    start_weir(&["run", pipeline.to_str().unwrap()], &[("WEIR_ADMIN_TOKEN", ADMIN_TOKEN)])
 }
 
 fn header<'a>(line: &'a serde_json::Value, name: &str) -> &'a str {
@@ -198,7 +173,7 @@ fn state_carries_over_a_swap_and_rollback_works() {
             r#"
             [[source]]
             name = "gen"
-            uri = "gen://?count=6000&rate=3000&keys=3"
+            uri = "gen://?count=6000&rate=1000&keys=3"
             [[stage]]
             name = "count"
             plugin = "{}"

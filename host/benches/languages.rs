@@ -6,6 +6,8 @@
 //! plugin toolchains (`.ci/run` installs them). Values are ~100-byte JSON
 //! objects from `gen://`; the processor parses each one, enriches it and
 //! writes it back as JSON. Set WEIR_BENCH_MESSAGES to change pipeline runs.
+//! A second table times an identity processor per language, packed world vs
+//! record world.
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -20,6 +22,7 @@ use weir::Message;
 use weir::config::PipelineConfig;
 use weir::connectors::generator::{GenSpec, message};
 use weir::pipeline::Pipeline;
+use weir::plugin::build::Abi;
 use weir::plugin::{Instance, Runtime, StageContext};
 
 const LANGUAGES: [(&str, &str); 3] =
@@ -89,6 +92,30 @@ fn main() {
             build_time.as_secs_f64(),
             load_time.as_secs_f64(),
         );
+    }
+
+    // The cost floor per language: an identity processor (`return message`),
+    // built for the packed world (what the SDKs build) and the record world,
+    // timed call by call on a batch of 256.
+    println!("\n## Identity processor, one call per batch of 256 (µs per message)\n");
+    println!("| language | packed µs/msg | record µs/msg | record / packed |");
+    println!("|---|---:|---:|---:|");
+    let identity: [(&str, &str); 3] = [
+        ("Rust", "tests/plugins/owned-passthrough"),
+        ("Python", "tests/plugins/identity-python"),
+        ("JavaScript", "tests/plugins/identity-js"),
+    ];
+    for (lang, dir) in identity {
+        let per_abi = |abi| {
+            let wasm = weir::plugin::build::build_abi(&root.join(dir), abi).expect("building the identity plugin");
+            let plugin = runtime.load_file(&wasm).unwrap();
+            let mut instance = Instance::new(&plugin, Arc::new(StageContext::new("bench", Vec::new()))).unwrap();
+            per_message(256, || {
+                black_box(instance.process(&batch).unwrap());
+            }) / 1000.0
+        };
+        let (packed, record) = (per_abi(Abi::Packed), per_abi(Abi::Record));
+        println!("| {lang} | {packed:.2} | {record:.2} | {:.1}× |", record / packed);
     }
 }
 

@@ -1,11 +1,19 @@
 //! Side-by-side throughput: WASM plugins vs the same logic as native Rust.
 //!
 //! `cargo bench -p weir --bench throughput` prints markdown tables:
-//! 1. one plugin call per batch (passthrough), ns per message, WASM vs native;
-//! 2. gen → passthrough → null pipelines, messages/s, WASM vs native stage;
+//! 1. one plugin call per batch (passthrough), ns per message: in place,
+//!    owned and record-world WASM vs native;
+//! 2. gen → stage → null pipelines, messages/s, against no stage;
 //! 3. partition dispatch at concurrency 1, 2, 4;
-//! 4. the at-least-once ack path per message.
+//! 4. the at-least-once ack path per message;
+//! 5. the robustness checks a source batch pays (in-flight budget), against
+//!    a message's whole trip through `gen → passthrough → null`.
+//!
 //! Values are 100 bytes. Set WEIR_BENCH_MESSAGES to change pipeline runs.
+//! Name sections to run only those: `cargo bench -p weir --bench throughput
+//! -- call pipeline` (sections: call, pipeline, partition, ack, checks;
+//! `profile-packed` / `profile-owned` / `profile-record` run only that call,
+//! for a profiler).
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -16,90 +24,136 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt;
 use tokio_util::sync::CancellationToken;
 use weir::config::PipelineConfig;
 use weir::connectors::generator::{GenSpec, message};
 use weir::pipeline::ack::{AckTracker, done_all};
 use weir::pipeline::batch::Batch;
+use weir::pipeline::budget::InFlightBudget;
 use weir::pipeline::{NativeFn, NativeStages, Pipeline};
+use weir::plugin::build::{Abi, build_abi};
 use weir::plugin::{Instance, Runtime, StageContext};
 use weir::{Message, Outcome, Output};
 
 fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
-    let wasm = weir::plugin::build::build(&root.join("plugins/passthrough")).expect("building passthrough");
+    let dir = root.join("plugins/passthrough");
+    let packed_wasm = build_abi(&dir, Abi::Packed).expect("building passthrough");
+    let record_wasm = build_abi(&dir, Abi::Record).expect("building passthrough (record world)");
+    let owned_wasm = build_abi(&root.join("tests/plugins/owned-passthrough"), Abi::Packed).expect("building owned");
     let runtime = Runtime::new().unwrap();
-    let plugin = runtime.load_file(&wasm).unwrap();
-    let messages: u64 = std::env::var("WEIR_BENCH_MESSAGES").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
+    let packed = runtime.load_file(&packed_wasm).unwrap();
+    let record = runtime.load_file(&record_wasm).unwrap();
+    let owned = runtime.load_file(&owned_wasm).unwrap();
+    let messages: u64 = std::env::var("WEIR_BENCH_MESSAGES").ok().and_then(|v| v.parse().ok()).unwrap_or(2_000_000);
+    let named: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let section = |name: &str| named.is_empty() || named.iter().any(|n| n == name);
 
-    println!("## Plugin call round trip (passthrough, 100-byte values, key + 1 header)\n");
-    println!("| batch | WASM ns/msg | native ns/msg | WASM / native |");
-    println!("|---:|---:|---:|---:|");
     let spec = GenSpec { count: None, rate: None, size: 100, keys: 16, batch: 256 };
-    for batch_size in [1usize, 16, 64, 256, 1024] {
-        let batch: Vec<Message> = (0..batch_size as u64).map(|i| message(&spec, i, 0)).collect();
-        let mut instance = Instance::new(&plugin, Arc::new(StageContext::new("bench", Vec::new()))).unwrap();
-        let wasm_ns = per_message(batch_size, || {
-            black_box(instance.process(&batch).unwrap());
-        });
-        let native = native_passthrough();
-        let native_ns = per_message(batch_size, || {
-            black_box(native(&batch));
-        });
-        println!("| {batch_size} | {wasm_ns:.0} | {native_ns:.0} | {:.2}× |", wasm_ns / native_ns);
+    if section("call") {
+        println!("## Plugin call round trip (passthrough, 100-byte values, key + 1 header)\n");
+        println!("- in place: `plugins/passthrough` (packed world, `decide_in_place` keeps every message);");
+        println!("- owned: the same through `process(message) -> Outcome::one(message)` (packed world);");
+        println!("- record: `plugins/passthrough` built for the record world;");
+        println!("- native: the same logic as a Rust closure copying each message.\n");
+        println!(
+            "| batch | in place ns/msg | owned ns/msg | record ns/msg | native ns/msg | in place / native | owned / native | record / owned |"
+        );
+        println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for batch_size in [1usize, 16, 64, 256, 1024] {
+            let batch: Vec<Message> = (0..batch_size as u64).map(|i| message(&spec, i, 0)).collect();
+            let call_ns = |plugin: &weir::plugin::Plugin| {
+                let mut instance = Instance::new(plugin, Arc::new(StageContext::new("bench", Vec::new()))).unwrap();
+                per_message(batch_size, || {
+                    black_box(instance.process(&batch).unwrap());
+                })
+            };
+            let (packed_ns, owned_ns, record_ns) = (call_ns(&packed), call_ns(&owned), call_ns(&record));
+            let native = native_passthrough();
+            let native_ns = per_message(batch_size, || {
+                black_box(native(&batch));
+            });
+            println!(
+                "| {batch_size} | {packed_ns:.0} | {owned_ns:.0} | {record_ns:.0} | {native_ns:.0} | {:.2}× | {:.2}× | {:.1}× |",
+                packed_ns / native_ns,
+                owned_ns / native_ns,
+                record_ns / owned_ns
+            );
+        }
     }
-    // Every list crossing the boundary costs a guest allocation going in and
-    // a host allocation coming out: the same call with only a value shows it.
-    let batch: Vec<Message> = (0..256).map(|i| Message::from_value(message(&spec, i, 0).value)).collect();
-    let mut instance = Instance::new(&plugin, Arc::new(StageContext::new("bench", Vec::new()))).unwrap();
-    let wasm_ns = per_message(256, || {
-        black_box(instance.process(&batch).unwrap());
-    });
-    let native = native_passthrough();
-    let native_ns = per_message(256, || {
-        black_box(native(&batch));
-    });
-    println!("| 256, value only | {wasm_ns:.0} | {native_ns:.0} | {:.2}× |", wasm_ns / native_ns);
+
+    // For profilers and instruction counters: one call kind at batch 256,
+    // 20,000 times.
+    for (name, plugin) in [("profile-packed", &packed), ("profile-owned", &owned), ("profile-record", &record)] {
+        if named.iter().any(|n| n == name) {
+            let batch: Vec<Message> = (0..256).map(|i| message(&spec, i, 0)).collect();
+            let mut instance = Instance::new(plugin, Arc::new(StageContext::new("bench", Vec::new()))).unwrap();
+            let started = Instant::now();
+            for _ in 0..20_000 {
+                black_box(instance.process(&batch).unwrap());
+            }
+            println!("{name}: {:.0} ns/msg", started.elapsed().as_nanos() as f64 / (20_000.0 * 256.0));
+            return;
+        }
+    }
 
     let tokio = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
-    let natives: NativeStages = [("pass".to_string(), native_passthrough())].into_iter().collect();
+    let keep: NativeFn = Arc::new(|batch: &[Message]| vec![Outcome::Keep; batch.len()]);
+    let natives: NativeStages =
+        [("pass".to_string(), native_passthrough()), ("keep".to_string(), keep)].into_iter().collect();
     let scratch = tempfile::tempdir().unwrap();
 
-    println!("\n## Pipeline gen → passthrough → null ({messages} messages, 100-byte values)\n");
-    println!("| stage batch | WASM msg/s | native msg/s | WASM / native |");
-    println!("|---:|---:|---:|---:|");
-    for batch_size in [64usize, 256, 1024] {
-        let run = |plugin: &str| {
-            let text = format!(
-                r#"
-                [[source]]
-                name = "gen"
-                uri = "gen://?count={messages}&size=100&keys=16"
-                batch_size = {batch_size}
-                [[stage]]
-                name = "pass"
-                plugin = "{plugin}"
-                batch = {{ max_size = {batch_size}, max_wait_ms = 10 }}
-                [[sink]]
-                name = "null"
-                uri = "null://"
-                batch = {{ max_size = {batch_size}, max_wait_ms = 10 }}
-                "#
+    if section("pipeline") {
+        println!("\n## Pipeline gen → stage → null ({messages} messages, 100-byte values)\n");
+        println!(
+            "Ratios are against `gen → null` with no stage, measured in the same run. Native copy: a closure \
+             copying each message (what the record world does); native keep: a closure answering `Keep` (the hop \
+             alone).\n"
+        );
+        println!(
+            "| stage batch | no stage msg/s | in place msg/s | owned msg/s | record msg/s | native copy msg/s | native keep msg/s | in place / none | owned / none | record / none | native copy / none | native keep / none |"
+        );
+        println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for batch_size in [64usize, 256, 1024] {
+            let run = |plugin: Option<&str>| {
+                let stage = plugin.map_or(String::new(), |plugin| {
+                format!(
+                    "[[stage]]\nname = \"pass\"\nplugin = \"{plugin}\"\nbatch = {{ max_size = {batch_size}, max_wait_ms = 10 }}\n"
+                )
+            });
+                let text = format!(
+                    "[[source]]\nname = \"gen\"\nuri = \"gen://?count={messages}&size=100&keys=16\"\nbatch_size = {batch_size}\n\
+                 {stage}[[sink]]\nname = \"null\"\nuri = \"null://\"\nbatch = {{ max_size = {batch_size}, max_wait_ms = 10 }}\n"
+                );
+                run_pipeline(&tokio, &runtime, &natives, scratch.path(), &text, messages)
+            };
+            let none = run(None);
+            let packed_rate = run(Some(&packed_wasm.display().to_string()));
+            let owned_rate = run(Some(&owned_wasm.display().to_string()));
+            let record_rate = run(Some(&record_wasm.display().to_string()));
+            let native_rate = run(Some("native:pass"));
+            let keep_rate = run(Some("native:keep"));
+            println!(
+                "| {batch_size} | {none:.0} | {packed_rate:.0} | {owned_rate:.0} | {record_rate:.0} | {native_rate:.0} | {keep_rate:.0} | {:.2}× | {:.2}× | {:.2}× | {:.2}× | {:.2}× |",
+                packed_rate / none,
+                owned_rate / none,
+                record_rate / none,
+                native_rate / none,
+                keep_rate / none
             );
-            run_pipeline(&tokio, &runtime, &natives, scratch.path(), &text, messages)
-        };
-        let wasm_rate = run(&wasm.display().to_string());
-        let native_rate = run("native:pass");
-        println!("| {batch_size} | {:.0} | {:.0} | {:.2}× |", wasm_rate, native_rate, wasm_rate / native_rate);
+        }
     }
+    let wasm = packed_wasm;
 
-    println!("\n## Partition dispatch (passthrough, batch 256, 2-core machine)\n");
-    println!("| concurrency | WASM msg/s | native msg/s |");
-    println!("|---:|---:|---:|");
-    for concurrency in [1usize, 2, 4] {
-        let run = |plugin: &str| {
-            let text = format!(
-                r#"
+    if section("partition") {
+        println!("\n## Partition dispatch (passthrough, batch 256, 2-core machine)\n");
+        println!("| concurrency | WASM msg/s | native msg/s |");
+        println!("|---:|---:|---:|");
+        for concurrency in [1usize, 2, 4] {
+            let run = |plugin: &str| {
+                let text = format!(
+                    r#"
                 [[source]]
                 name = "gen"
                 uri = "gen://?count={messages}&size=100&keys=64"
@@ -112,30 +166,58 @@ fn main() {
                 name = "null"
                 uri = "null://"
                 "#
-            );
-            run_pipeline(&tokio, &runtime, &natives, scratch.path(), &text, messages)
-        };
-        let wasm_rate = run(&wasm.display().to_string());
-        let native_rate = run("native:pass");
-        println!("| {concurrency} | {wasm_rate:.0} | {native_rate:.0} |");
+                );
+                run_pipeline(&tokio, &runtime, &natives, scratch.path(), &text, messages)
+            };
+            let wasm_rate = run(&wasm.display().to_string());
+            let native_rate = run("native:pass");
+            println!("| {concurrency} | {wasm_rate:.0} | {native_rate:.0} |");
+        }
     }
 
-    println!("\n## At-least-once ack path (per message, batch 256)\n");
-    let batch: Vec<Message> = (0..256).map(|i| message(&spec, i, 0)).collect();
-    let halted = Arc::new(AtomicBool::new(false));
-    let (tracker, mut released) = AckTracker::<u64>::new(halted);
-    let tracked_ns = per_message(256, || {
-        let token = tracker.register(0, 1, 256);
-        let b = Batch::from_source(batch.clone(), token);
-        done_all(&b.tokens);
-        while released.try_recv().is_ok() {}
-    });
-    let untracked_ns = per_message(256, || {
-        black_box(batch.clone());
-    });
-    println!("| with tracking ns/msg | without ns/msg | tracking cost ns/msg |");
-    println!("|---:|---:|---:|");
-    println!("| {tracked_ns:.1} | {untracked_ns:.1} | {:.1} |", tracked_ns - untracked_ns);
+    if section("ack") {
+        println!("\n## At-least-once ack path (per message, batch 256)\n");
+        let batch: Vec<Message> = (0..256).map(|i| message(&spec, i, 0)).collect();
+        let halted = Arc::new(AtomicBool::new(false));
+        let (tracker, mut released) = AckTracker::<u64>::new(halted);
+        let tracked_ns = per_message(256, || {
+            let token = tracker.register(0, 1, 256);
+            let b = Batch::from_source(batch.clone(), token);
+            done_all(&b.tokens);
+            while released.try_recv().is_ok() {}
+        });
+        let untracked_ns = per_message(256, || {
+            black_box(batch.clone());
+        });
+        println!("| with tracking ns/msg | without ns/msg | tracking cost ns/msg |");
+        println!("|---:|---:|---:|");
+        println!("| {tracked_ns:.1} | {untracked_ns:.1} | {:.1} |", tracked_ns - untracked_ns);
+    }
+
+    if section("checks") {
+        println!("\n## Robustness checks on the hot path (batch 256, 100-byte values)\n");
+        println!(
+            "The per-batch work the limits add: weighing a source batch and reserving it in the in-flight budget \
+             (returned when its token drops). Output caps and reply validation are inside the plugin call and \
+             already in its figures; state, counter and log caps apply only to those host calls.\n"
+        );
+        let batch: Vec<Message> = (0..256).map(|i| message(&spec, i, 0)).collect();
+        let budget = InFlightBudget::new(256 << 20);
+        let checks_ns = per_message(256, || {
+            let reservation = budget.reserve(&batch).now_or_never().expect("the budget has room");
+            drop(black_box(reservation));
+        });
+        let text = format!(
+            "[[source]]\nname = \"gen\"\nuri = \"gen://?count={messages}&size=100&keys=16\"\nbatch_size = 256\n\
+             [[stage]]\nname = \"pass\"\nplugin = \"{}\"\nbatch = {{ max_size = 256, max_wait_ms = 10 }}\n\
+             [[sink]]\nname = \"null\"\nuri = \"null://\"\nbatch = {{ max_size = 256, max_wait_ms = 10 }}\n",
+            wasm.display()
+        );
+        let trip_ns = 1e9 / run_pipeline(&tokio, &runtime, &natives, scratch.path(), &text, messages);
+        println!("| checks ns/msg | gen → passthrough → null ns/msg | checks / trip |");
+        println!("|---:|---:|---:|");
+        println!("| {checks_ns:.2} | {trip_ns:.1} | {:.2}% |", 100.0 * checks_ns / trip_ns);
+    }
 }
 
 /// What the passthrough plugin does, natively: one output per input, with

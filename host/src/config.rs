@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
+pub mod ranges;
+
 /// A refusal of a pipeline file: exit code 2.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -71,6 +73,12 @@ pub struct PipelineConfig {
     /// Where stage state is kept.
     #[serde(default)]
     pub state: StateConfig,
+    /// How a stopping pipeline drains.
+    #[serde(default)]
+    pub shutdown: ShutdownConfig,
+    /// How much memory messages in flight may take.
+    #[serde(default)]
+    pub memory: MemoryConfig,
     /// The folder relative paths are resolved from (the file's folder).
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -107,6 +115,8 @@ pub struct SourceConfig {
     pub format: Format,
     /// Most messages read per batch.
     pub batch_size: Option<usize>,
+    /// Longest message accepted (file, stdio, gen); default 8 MiB.
+    pub max_message_bytes: Option<usize>,
     /// Consumer group (brokers).
     pub group: Option<String>,
     /// Consumer name within the group (brokers).
@@ -204,6 +214,15 @@ pub struct LimitsConfig {
     /// CPU time one batch may take, in milliseconds.
     #[serde(default = "default_deadline_ms")]
     pub deadline_ms: u64,
+    /// Most outputs one call (one batch) may produce.
+    #[serde(default = "default_max_outputs")]
+    pub max_outputs: u64,
+    /// Most output bytes (keys, values, headers) one call may produce, in MiB.
+    #[serde(default = "default_max_output_mb")]
+    pub max_output_mb: u64,
+    /// Most bytes (keys and values) the stage's state may hold, in MiB.
+    #[serde(default = "default_state_mb")]
+    pub state_mb: u64,
 }
 
 fn default_memory_mb() -> u64 {
@@ -212,10 +231,25 @@ fn default_memory_mb() -> u64 {
 fn default_deadline_ms() -> u64 {
     crate::plugin::Limits::DEFAULT_DEADLINE_MS
 }
+fn default_max_outputs() -> u64 {
+    crate::plugin::Limits::DEFAULT_MAX_OUTPUTS
+}
+fn default_max_output_mb() -> u64 {
+    crate::plugin::Limits::DEFAULT_MAX_OUTPUT_MB
+}
+fn default_state_mb() -> u64 {
+    crate::plugin::state::DEFAULT_STATE_MB
+}
 
 impl Default for LimitsConfig {
     fn default() -> Self {
-        LimitsConfig { memory_mb: default_memory_mb(), deadline_ms: default_deadline_ms() }
+        LimitsConfig {
+            memory_mb: default_memory_mb(),
+            deadline_ms: default_deadline_ms(),
+            max_outputs: default_max_outputs(),
+            max_output_mb: default_max_output_mb(),
+            state_mb: default_state_mb(),
+        }
     }
 }
 
@@ -342,6 +376,12 @@ pub struct SinkConfig {
     /// Connector-specific client properties, passed through.
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
+    /// Retries of a failed write before the run stops (or `"forever"`).
+    #[serde(default)]
+    pub retries: SinkRetries,
+    /// First backoff between write attempts; doubles, up to 5 s.
+    #[serde(default = "default_retry_backoff_ms")]
+    pub retry_backoff_ms: u64,
 }
 
 /// `[dead_letter]`.
@@ -353,14 +393,218 @@ pub struct DeadLetterConfig {
     /// Line format for file/stdio.
     #[serde(default)]
     pub format: Format,
+    /// Retries of a failed write before the run stops (or `"forever"`).
+    #[serde(default)]
+    pub retries: SinkRetries,
+    /// First backoff between write attempts; doubles, up to 5 s.
+    #[serde(default = "default_retry_backoff_ms")]
+    pub retry_backoff_ms: u64,
 }
 
-/// `[admin]`.
+/// How often a sink retries a failed write: a number of retries after the
+/// first attempt (then the run stops with the error), or `"forever"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SinkRetries {
+    /// At most this many retries.
+    Bounded(u32),
+    /// Until the write succeeds or the run is stopped.
+    Forever,
+}
+
+impl SinkRetries {
+    /// Default retries of a sink write: about 25 s of backoff at the default
+    /// `retry_backoff_ms`, enough to ride out a broker restart.
+    pub const DEFAULT: u32 = 10;
+}
+
+impl Default for SinkRetries {
+    fn default() -> Self {
+        SinkRetries::Bounded(Self::DEFAULT)
+    }
+}
+
+impl<'de> Deserialize<'de> for SinkRetries {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = SinkRetries;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a number of retries or \"forever\"")
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<SinkRetries, E> {
+                let range = ranges::SINK_RETRIES;
+                match u32::try_from(v) {
+                    Ok(n) if range.contains(&u64::from(n)) => Ok(SinkRetries::Bounded(n)),
+                    _ => Err(E::custom(format!(
+                        "`retries` = {v} is out of range: it must be between {} and {}, or \"forever\"",
+                        range.start(),
+                        range.end()
+                    ))),
+                }
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<SinkRetries, E> {
+                self.visit_i64(i64::try_from(v).unwrap_or(i64::MAX))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<SinkRetries, E> {
+                match v {
+                    "forever" => Ok(SinkRetries::Forever),
+                    other => Err(E::custom(format!("`retries` = \"{other}\": expected a number or \"forever\""))),
+                }
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+/// `[memory]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryConfig {
+    /// Most bytes (keys, values, headers) of source messages read and not yet
+    /// acknowledged, across the pipeline, in MiB; sources wait beyond it.
+    #[serde(default = "default_max_in_flight_mb")]
+    pub max_in_flight_mb: Spanned<u64>,
+}
+
+fn default_max_in_flight_mb() -> Spanned<u64> {
+    Spanned::new(0..0, 256)
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        MemoryConfig { max_in_flight_mb: default_max_in_flight_mb() }
+    }
+}
+
+impl MemoryConfig {
+    /// The in-flight budget, in bytes.
+    pub fn max_in_flight_bytes(&self) -> usize {
+        (*self.max_in_flight_mb.get_ref() << 20) as usize
+    }
+}
+
+/// `[shutdown]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// Longest a stopping pipeline (signal or halt) waits for in-flight
+    /// messages before it exits 1 without committing them.
+    #[serde(default = "default_drain_timeout_ms")]
+    pub drain_timeout_ms: Spanned<u64>,
+}
+
+fn default_drain_timeout_ms() -> Spanned<u64> {
+    Spanned::new(0..0, 30_000)
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig { drain_timeout_ms: default_drain_timeout_ms() }
+    }
+}
+
+impl ShutdownConfig {
+    /// The drain timeout.
+    pub fn drain_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(*self.drain_timeout_ms.get_ref())
+    }
+}
+
+/// `[admin]`: the admin HTTP listener (see [`crate::admin`]).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
-    /// Listen address, e.g. `127.0.0.1:9090`.
-    pub listen: Spanned<String>,
+    /// Listen address; default `127.0.0.1:9090`. An address that is not a
+    /// loopback one is refused unless an admin token is set.
+    pub listen: Option<Spanned<String>>,
+    /// The environment variable holding the bearer token that the endpoints
+    /// which change things require; default `WEIR_ADMIN_TOKEN`.
+    pub token_env: Option<Spanned<String>>,
+    /// Largest plugin upload, in MiB; default 64.
+    pub max_body_mb: Option<u64>,
+    /// Never accepted (the token does not go in the file): read only to
+    /// refuse it with a useful message.
+    #[serde(default)]
+    token: Option<toml::Value>,
+}
+
+impl AdminConfig {
+    /// The listen address.
+    pub fn listen(&self) -> &str {
+        self.listen.as_ref().map_or(crate::admin::DEFAULT_LISTEN, |l| l.get_ref())
+    }
+
+    /// The environment variable the token is read from.
+    pub fn token_env(&self) -> &str {
+        self.token_env.as_ref().map_or(crate::admin::DEFAULT_TOKEN_ENV, |e| e.get_ref())
+    }
+
+    /// The largest plugin upload, in bytes.
+    pub fn max_body_bytes(&self) -> usize {
+        (self.max_body_mb.unwrap_or(crate::admin::DEFAULT_MAX_BODY_MB) as usize) << 20
+    }
+
+    /// The token from the environment: `None` when the variable is unset or
+    /// empty, an error when its value is not fit to be a token.
+    pub fn token(&self) -> Result<Option<crate::admin::Token>, String> {
+        crate::admin::Token::from_env(self.token_env())
+    }
+}
+
+impl PipelineConfig {
+    /// An error about `key` of `[admin]`: at the key's line when it is
+    /// written, else at the table's.
+    pub fn admin_error(&self, key: &str, message: impl Into<String>) -> ConfigError {
+        let mut offset = 0;
+        for line in self.text.split_inclusive('\n') {
+            if line.trim_start().starts_with("[admin]") {
+                let at = offset + line.len() - line.trim_start().len() + 1;
+                return self.error_at_key(&Spanned::new(at..at, ()), key, message);
+            }
+            offset += line.len();
+        }
+        ConfigError::new(message)
+    }
+
+    fn validate_admin(&self, admin: &AdminConfig) -> Result<(), ConfigError> {
+        let env = admin.token_env();
+        if admin.token.is_some() {
+            return Err(self.admin_error(
+                "token",
+                format!(
+                    "[admin] token: the token does not go in the pipeline file (anyone who can read the file, \
+                     or its history, could read it); set the environment variable {env} instead, or name \
+                     another variable with `token_env`"
+                ),
+            ));
+        }
+        let env_name = |c: char| c.is_ascii_alphanumeric() || c == '_';
+        if env.is_empty() || !env.chars().all(env_name) || env.starts_with(|c: char| c.is_ascii_digit()) {
+            return Err(self.admin_error(
+                "token_env",
+                format!("[admin] token_env = {env:?} is not an environment variable name (letters, digits, `_`)"),
+            ));
+        }
+        if let Some(mb) = admin.max_body_mb {
+            ranges::check("max_body_mb", mb, &ranges::ADMIN_MAX_BODY_MB)
+                .map_err(|m| self.admin_error("max_body_mb", format!("[admin]: {m}")))?;
+        }
+        let token = admin.token().map_err(|m| self.admin_error("token_env", format!("[admin]: {m}")))?;
+        let listen = admin.listen();
+        if token.is_none() && !crate::admin::is_loopback(listen) {
+            return Err(self.admin_error(
+                "listen",
+                format!(
+                    "[admin] listen = {listen:?} is not a loopback address and no admin token is set, so anyone \
+                     who can reach that port could replace a stage's code; set the environment variable {env} \
+                     to a secret of at least {} characters (e.g. `export {env}=$(openssl rand -hex 32)`) \
+                     before starting weir, or listen on 127.0.0.1",
+                    crate::admin::MIN_TOKEN_LEN
+                ),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// `[state]`.
@@ -450,42 +694,84 @@ impl PipelineConfig {
             ));
         }
         for source in &self.sources {
-            if source.batch_size == Some(0) {
-                return Err(
-                    self.error_at(&source.uri, format!("source `{}`: batch_size must be at least 1", source.name))
-                );
-            }
+            let owner = format!("source `{}`", source.name);
+            let check = |key, value: Option<u64>, range| match value {
+                Some(value) => self.check_range(&source.uri, &owner, key, value, range),
+                None => Ok(()),
+            };
+            check("batch_size", source.batch_size.map(|n| n as u64), &ranges::BATCH_SIZE)?;
+            check("max_message_bytes", source.max_message_bytes.map(|n| n as u64), &ranges::MAX_MESSAGE_BYTES)?;
+            check("claim_idle_ms", source.claim_idle_ms, &ranges::CLAIM_IDLE_MS)?;
         }
         for stage in &self.stages {
             self.validate_stage(stage)?;
         }
+        if let Some(admin) = &self.admin {
+            self.validate_admin(admin)?;
+        }
         for sink in &self.sinks {
-            let at = |m: String| self.error_at(&sink.uri, format!("sink `{}`: {m}", sink.name));
-            if sink.batch.max_size == 0 {
-                return Err(at("batch.max_size must be at least 1".into()));
+            let owner = format!("sink `{}`", sink.name);
+            let check = |key, value, range| self.check_range(&sink.uri, &owner, key, value, range);
+            check("batch.max_size", sink.batch.max_size as u64, &ranges::BATCH_SIZE)?;
+            check("batch.max_wait_ms", sink.batch.max_wait_ms, &ranges::MAX_WAIT_MS)?;
+            if let Some(maxlen) = sink.maxlen {
+                check("maxlen", maxlen, &ranges::MAXLEN)?;
             }
+            check("retry_backoff_ms", sink.retry_backoff_ms, &ranges::RETRY_BACKOFF_MS)?;
             if let Some(group_by) = &sink.batch.group_by {
                 GroupBy::parse(group_by.get_ref(), true)
                     .map_err(|m| self.error_at(group_by, format!("sink `{}`: batch.group_by: {m}", sink.name)))?;
             }
         }
+        if let Some(dead_letter) = &self.dead_letter {
+            let backoff = dead_letter.retry_backoff_ms;
+            self.check_range(
+                &dead_letter.uri,
+                "[dead_letter]",
+                "retry_backoff_ms",
+                backoff,
+                &ranges::RETRY_BACKOFF_MS,
+            )?;
+        }
+        let drain = &self.shutdown.drain_timeout_ms;
+        ranges::check("drain_timeout_ms", *drain.get_ref(), &ranges::DRAIN_TIMEOUT_MS)
+            .map_err(|m| self.error_at(drain, format!("[shutdown]: {m}")))?;
+        let in_flight = &self.memory.max_in_flight_mb;
+        ranges::check("max_in_flight_mb", *in_flight.get_ref(), &ranges::MAX_IN_FLIGHT_MB)
+            .map_err(|m| self.error_at(in_flight, format!("[memory]: {m}")))?;
         Ok(())
+    }
+
+    /// Refuses `key` (e.g. `batch.max_size`) of the table anchored at
+    /// `anchor` when `value` is outside `range`, at the key's own line.
+    fn check_range<T>(
+        &self,
+        anchor: &Spanned<T>,
+        owner: &str,
+        key: &str,
+        value: u64,
+        range: &std::ops::RangeInclusive<u64>,
+    ) -> Result<(), ConfigError> {
+        let written = key.rsplit('.').next().unwrap_or(key);
+        ranges::check(key, value, range)
+            .map(drop)
+            .map_err(|m| self.error_at_key(anchor, written, format!("{owner}: {m}")))
     }
 
     fn validate_stage(&self, stage: &StageConfig) -> Result<(), ConfigError> {
         let at = |key: &str, m: &str| self.error_at_key(&stage.plugin, key, format!("stage `{}`: {m}", stage.name));
-        if stage.concurrency == 0 {
-            return Err(at("concurrency", "concurrency must be at least 1"));
-        }
-        if stage.batch.max_size == 0 {
-            return Err(at("max_size", "batch.max_size must be at least 1"));
-        }
-        if stage.limits.memory_mb == 0 {
-            return Err(at("memory_mb", "limits.memory_mb must be at least 1"));
-        }
-        if stage.limits.deadline_ms == 0 {
-            return Err(at("deadline_ms", "limits.deadline_ms must be at least 1"));
-        }
+        let owner = format!("stage `{}`", stage.name);
+        let check = |key, value, range| self.check_range(&stage.plugin, &owner, key, value, range);
+        check("concurrency", stage.concurrency as u64, &ranges::CONCURRENCY)?;
+        check("batch.max_size", stage.batch.max_size as u64, &ranges::BATCH_SIZE)?;
+        check("batch.max_wait_ms", stage.batch.max_wait_ms, &ranges::MAX_WAIT_MS)?;
+        check("limits.memory_mb", stage.limits.memory_mb, &ranges::MEMORY_MB)?;
+        check("limits.deadline_ms", stage.limits.deadline_ms, &ranges::DEADLINE_MS)?;
+        check("limits.max_outputs", stage.limits.max_outputs, &ranges::MAX_OUTPUTS)?;
+        check("limits.max_output_mb", stage.limits.max_output_mb, &ranges::MAX_OUTPUT_MB)?;
+        check("limits.state_mb", stage.limits.state_mb, &ranges::STATE_MB)?;
+        check("retries", u64::from(stage.retries), &ranges::RETRIES)?;
+        check("retry_backoff_ms", stage.retry_backoff_ms, &ranges::RETRY_BACKOFF_MS)?;
         if stage.ordered && stage.dispatch != Dispatch::RoundRobin {
             return Err(at(
                 "ordered",
@@ -539,9 +825,30 @@ fn unique_names<'a, T: 'a>(
         if name.is_empty() {
             return Err(config.error_at(at, format!("a [[{kind}]] has an empty name")));
         }
+        if let Err(m) = safe_name(name) {
+            return Err(config.error_at_key(at, "name", format!("[[{kind}]] name `{name}`: {m}")));
+        }
         if !seen.insert(name) {
             return Err(config.error_at(at, format!("two [[{kind}]] entries are named `{name}`")));
         }
+    }
+    Ok(())
+}
+
+/// Longest stage, source or sink name.
+pub const MAX_NAME_LEN: usize = 128;
+
+/// Names become file names (a stage's state file) and parts of broker
+/// identifiers (consumer groups), so they are kept to a safe set.
+fn safe_name(name: &str) -> Result<(), String> {
+    if name.len() > MAX_NAME_LEN {
+        return Err(format!("longer than {MAX_NAME_LEN} characters"));
+    }
+    if let Some(bad) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))) {
+        return Err(format!("character {bad:?} is not allowed (use letters, digits, `_`, `.` and `-`)"));
+    }
+    if name.starts_with('.') {
+        return Err("must not start with `.`".into());
     }
     Ok(())
 }
@@ -550,10 +857,10 @@ fn toml_error(text: &str, error: &toml::de::Error) -> ConfigError {
     let line = error.span().map(|s| line_of(text, s.start));
     let mut message = error.message().trim().to_string();
     // Type errors point at the value; name the key it belongs to.
-    if let Some(key) = error.span().and_then(|s| key_before(text, s.start)) {
-        if !message.contains(&format!("`{key}`")) {
-            message = format!("`{key}`: {message}");
-        }
+    if let Some(key) = error.span().and_then(|s| key_before(text, s.start))
+        && !message.contains(&format!("`{key}`"))
+    {
+        message = format!("`{key}`: {message}");
     }
     ConfigError { file: None, line, message }
 }
@@ -618,11 +925,18 @@ impl StageConfig {
             .collect()
     }
 
+    /// The quota of the stage's state, in bytes.
+    pub fn state_quota(&self) -> usize {
+        (self.limits.state_mb << 20) as usize
+    }
+
     /// The per-instance limits.
     pub fn limits(&self) -> crate::plugin::Limits {
         crate::plugin::Limits {
             memory_bytes: (self.limits.memory_mb * 1024 * 1024) as usize,
             deadline: std::time::Duration::from_millis(self.limits.deadline_ms),
+            max_outputs: self.limits.max_outputs as usize,
+            max_output_bytes: (self.limits.max_output_mb * 1024 * 1024) as usize,
         }
     }
 }

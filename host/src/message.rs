@@ -1,14 +1,45 @@
 //! The message type that flows through a pipeline.
 //!
-//! It is the WIT `message` record itself, so a batch is handed to a plugin
-//! without conversion; this module adds the conveniences the host needs.
+//! It is the WIT `message` record itself, so a batch is handed to a
+//! record-world plugin without conversion; this module adds the conveniences
+//! the host needs, and the host's own [`Outcome`].
 
-pub use crate::plugin::bindings::{Header, Message, Origin, Outcome, Output};
+use crate::plugin::bindings::RecordOutcome;
+pub use crate::plugin::bindings::{Header, Message, Origin, Output};
+
+/// What became of one input message (of a plugin call or a native stage).
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// Zero outputs filter the message out, one maps it, several flat-map it.
+    Emit(Vec<Output>),
+    /// Forward the input unchanged to the default next hop (the packed
+    /// worlds' `keep`): the input message moves on, nothing is copied.
+    Keep,
+    /// The message cannot be processed; the stage's `on_error` policy applies.
+    Fail(String),
+}
+
+impl From<RecordOutcome> for Outcome {
+    fn from(outcome: RecordOutcome) -> Self {
+        match outcome {
+            RecordOutcome::Emit(outputs) => Outcome::Emit(outputs),
+            RecordOutcome::Fail(reason) => Outcome::Fail(reason),
+        }
+    }
+}
 
 impl Message {
     /// A message with this value and nothing else.
     pub fn from_value(value: impl Into<Vec<u8>>) -> Self {
         Message { key: None, value: value.into(), headers: Vec::new(), timestamp_ms: None, origin: None }
+    }
+
+    /// Bytes of key, value and headers: what the message weighs in memory,
+    /// near enough for budgets.
+    pub fn size(&self) -> usize {
+        self.key.as_ref().map_or(0, Vec::len)
+            + self.value.len()
+            + self.headers.iter().map(|h| h.name.len() + h.value.len()).sum::<usize>()
     }
 
     /// Sets the key.

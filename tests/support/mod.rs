@@ -15,9 +15,59 @@ pub fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("host/ has a parent").to_path_buf()
 }
 
-/// The `weir` binary under test.
+/// The `weir` binary under test. It does not inherit an admin token from
+/// the environment the tests run in: tests that want one set it.
 pub fn weir() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_weir"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_weir"));
+    command.env_remove("WEIR_ADMIN_TOKEN");
+    command
+}
+
+/// Makes sure the plugin toolchains are there, installing what is missing
+/// (once per test process, saying so): the `wasm32-wasip2` target, and with
+/// `python_and_js` also componentize-py (pip) and the JS toolchain (npm,
+/// from `sdk/js`'s lock file). A tool that cannot be installed fails the
+/// test with the command to run: never a silent skip.
+pub fn toolchains(python_and_js: bool) {
+    static TARGET: OnceLock<()> = OnceLock::new();
+    static PLUGIN_TOOLS: OnceLock<()> = OnceLock::new();
+    TARGET.get_or_init(|| {
+        let installed = Command::new("rustup").args(["target", "list", "--installed"]).output();
+        if !installed.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).lines().any(|l| l == "wasm32-wasip2")) {
+            provision("the wasm32-wasip2 target", Command::new("rustup").args(["target", "add", "wasm32-wasip2"]));
+        }
+    });
+    if !python_and_js {
+        return;
+    }
+    PLUGIN_TOOLS.get_or_init(|| {
+        let version = weir::plugin::build::COMPONENTIZE_PY_VERSION;
+        if Command::new("componentize-py").arg("--version").output().is_err() {
+            let pin = format!("componentize-py=={version}");
+            provision("componentize-py", Command::new("python3").args(["-m", "pip", "install", "--quiet", &pin]));
+            // pyenv installs put new scripts behind its shims only after a rehash.
+            let _ = Command::new("pyenv").arg("rehash").status();
+            assert!(
+                Command::new("componentize-py").arg("--version").output().is_ok(),
+                "componentize-py was installed but is not on PATH: add python3's scripts folder to PATH"
+            );
+        }
+        let js = workspace().join("sdk/js");
+        if !js.join("node_modules/.bin/componentize-js").is_file() {
+            let prefix = js.to_str().expect("UTF-8 path");
+            provision(
+                "the JS toolchain (componentize-js, rolldown)",
+                Command::new("npm").args(["install", "--prefix", prefix, "--no-audit", "--no-fund"]),
+            );
+        }
+    });
+}
+
+/// Runs an install command, loudly; fails the test naming it if it fails.
+fn provision(what: &str, command: &mut Command) {
+    eprintln!("provisioning {what}: {command:?}");
+    let status = command.status().unwrap_or_else(|e| panic!("cannot install {what} ({command:?}): {e}"));
+    assert!(status.success(), "installing {what} failed ({status}); run it by hand: {command:?}");
 }
 
 /// Builds a plugin crate (from `plugins/` or `tests/plugins/`) with
@@ -30,6 +80,7 @@ pub fn plugin(name: &str) -> PathBuf {
     if let Some(path) = built.get(name) {
         return path.clone();
     }
+    toolchains(false);
     let root = workspace();
     let dir = [root.join("plugins").join(name), root.join("tests/plugins").join(name)]
         .into_iter()
@@ -77,15 +128,7 @@ impl Scratch {
 
 /// Runs `weir` with `args`, killing it after `limit`.
 pub fn run_weir(args: &[&str], limit: Duration) -> Output {
-    let child = weir()
-        .args(args)
-        .env("WEIR_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting weir");
-    wait_with_deadline(child, limit)
+    wait_with_deadline(start_weir(args, &[]), limit)
 }
 
 /// Waits for `child`, killing it (and failing the test) after `limit`.
@@ -137,4 +180,290 @@ pub fn wait_until(limit: Duration, mut condition: impl FnMut() -> bool) -> bool 
 /// stdout and stderr as text, for assertion messages.
 pub fn text(output: &Output) -> (String, String) {
     (String::from_utf8_lossy(&output.stdout).to_string(), String::from_utf8_lossy(&output.stderr).to_string())
+}
+
+/// Runs `weir` with `args`, reading `stdin`, killing it after `limit`.
+pub fn run_weir_with_stdin(args: &[&str], stdin: Stdio, limit: Duration) -> Output {
+    let child = weir()
+        .args(args)
+        .env("WEIR_LOG", "info")
+        .stdin(stdin)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting weir");
+    wait_with_deadline(child, limit)
+}
+
+/// `text` as a TOML basic string (JSON string syntax is valid TOML for it).
+pub fn toml_str(text: &str) -> String {
+    serde_json::to_string(text).expect("serialising a string")
+}
+
+/// A `file://` URI for `path`, as a TOML string.
+pub fn toml_file_uri(path: &Path) -> String {
+    toml_str(&format!("file://{}", path.to_str().expect("UTF-8 path")))
+}
+
+/// Asserts a usage refusal (exit 2, nothing on stdout, one `error: ` line on
+/// stderr) and returns that line without `error: `.
+pub fn refusal(output: &Output) -> String {
+    let (stdout, stderr) = text(output);
+    assert_eq!(output.status.code(), Some(2), "expected a refusal\nstdout:\n{stdout}\nstderr:\n{stderr}");
+    assert_eq!(stdout, "", "a refusal prints nothing on stdout");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "expected one clear line on stderr, got:\n{stderr}");
+    lines[0].strip_prefix("error: ").unwrap_or_else(|| panic!("not an error line: {stderr}")).to_string()
+}
+
+impl Scratch {
+    /// Writes a file of bytes and returns its path.
+    pub fn write_bytes(&self, name: &str, bytes: &[u8]) -> PathBuf {
+        let path = self.path(name);
+        std::fs::write(&path, bytes).expect("writing scratch file");
+        path
+    }
+
+    /// A file's bytes (empty if it does not exist).
+    pub fn bytes(&self, name: &str) -> Vec<u8> {
+        std::fs::read(self.path(name)).unwrap_or_default()
+    }
+
+    /// Writes `pipeline` as `pipeline.toml` and runs `weir run` on it.
+    pub fn run(&self, pipeline: &str, limit: Duration) -> Output {
+        let file = self.write("pipeline.toml", pipeline);
+        run_weir(&["run", file.to_str().expect("UTF-8 path")], limit)
+    }
+}
+
+/// A `weir` process running in the background, its stderr collected as it
+/// comes (to wait for a log line, then signal it).
+pub struct Running {
+    child: Child,
+    stderr: std::sync::Arc<Mutex<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Starts `weir` with `args` (stdout discarded, stderr collected).
+    pub fn start(args: &[&str]) -> Self {
+        let mut child = weir()
+            .args(args)
+            // Connectors' debug lines ("generator emitted its messages", "null
+            // sink holding a batch") let tests wait for events, not sleep.
+            .env("WEIR_LOG", "info,weir::connectors=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting weir");
+        let stderr = std::sync::Arc::new(Mutex::new(String::new()));
+        let pipe = child.stderr.take().expect("piped stderr");
+        let reader = std::thread::spawn({
+            let stderr = stderr.clone();
+            move || {
+                for line in std::io::BufRead::lines(std::io::BufReader::new(pipe)).map_while(Result::ok) {
+                    let mut text = stderr.lock().unwrap_or_else(|e| e.into_inner());
+                    text.push_str(&line);
+                    text.push('\n');
+                }
+            }
+        });
+        Running { child, stderr, reader: Some(reader) }
+    }
+
+    /// stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Waits until stderr satisfies `condition`; panics with the log after `limit`.
+    pub fn wait_for_log(&mut self, limit: Duration, what: &str, condition: impl Fn(&str) -> bool) {
+        let found = wait_until(limit, || condition(&self.stderr()));
+        if !found {
+            let _ = self.child.kill();
+            panic!("weir never logged {what} within {limit:?}; stderr:\n{}", self.stderr());
+        }
+    }
+
+    /// Sends `signal` (e.g. `-TERM`) to the process.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill").args([signal, &self.child.id().to_string()]).status().expect("running kill");
+        assert!(status.success(), "kill {signal} failed");
+    }
+
+    /// Waits for the exit (killing it and failing after `limit`): the exit
+    /// code, the whole stderr and how long the wait took.
+    pub fn wait(mut self, limit: Duration) -> (Option<i32>, String, Duration) {
+        let started = Instant::now();
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("waiting for weir") {
+                break status;
+            }
+            if started.elapsed() > limit {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!("weir did not exit within {limit:?}; stderr:\n{}", self.stderr());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let elapsed = started.elapsed();
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+        (status.code(), self.stderr(), elapsed)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+impl Scratch {
+    /// Writes `pipeline` as `pipeline.toml` and starts `weir run` on it in
+    /// the background.
+    pub fn start(&self, pipeline: &str) -> Running {
+        let file = self.write("pipeline.toml", pipeline);
+        Running::start(&["run", file.to_str().expect("UTF-8 path")])
+    }
+}
+
+/// The admin token tests start `weir` with (`WEIR_ADMIN_TOKEN`).
+pub const ADMIN_TOKEN: &str = "weir-test-admin-token-0123456789";
+
+/// A loopback TCP port nothing listens on right now (bound, then released):
+/// for a server a test starts, or as a closed port to connect to.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Starts `weir ARGS` in the background with `env` set, output piped (read
+/// it with [`wait_with_deadline`]).
+pub fn start_weir(args: &[&str], env: &[(&str, &str)]) -> Child {
+    weir()
+        .args(args)
+        .envs(env.iter().copied())
+        .env("WEIR_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting weir")
+}
+
+/// Asks a running `weir` to stop (SIGTERM).
+pub fn terminate(child: &Child) {
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+}
+
+/// An answer of the admin API.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    /// The `WWW-Authenticate` header, if any.
+    pub challenge: Option<String>,
+    /// The body, as JSON when it is JSON, else as a JSON string.
+    pub body: serde_json::Value,
+}
+
+/// A client of the admin API of a `weir` on 127.0.0.1:`port`, sending
+/// `token` (as `Authorization: Bearer`) when it has one.
+pub struct Admin {
+    pub port: u16,
+    pub token: Option<String>,
+}
+
+impl Admin {
+    /// A client sending [`ADMIN_TOKEN`].
+    pub fn new(port: u16) -> Self {
+        Admin { port, token: Some(ADMIN_TOKEN.to_string()) }
+    }
+
+    /// A client sending no token.
+    pub fn anonymous(port: u16) -> Self {
+        Admin { port, token: None }
+    }
+
+    fn agent() -> ureq::Agent {
+        ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(120)))
+            .build()
+            .into()
+    }
+
+    fn reply(response: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Reply {
+        let mut response = response.expect("admin API reachable");
+        let status = response.status().as_u16();
+        let challenge =
+            response.headers().get("www-authenticate").map(|v| v.to_str().expect("ASCII header").to_string());
+        let text = response.body_mut().read_to_string().unwrap_or_default();
+        let body = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+        Reply { status, challenge, body }
+    }
+
+    /// `POST path` with `body`.
+    pub fn request_post(&self, path: &str, body: &[u8]) -> Reply {
+        let mut request = Self::agent().post(&format!("http://127.0.0.1:{}{path}", self.port));
+        if let Some(token) = &self.token {
+            request = request.header("Authorization", &format!("Bearer {token}"));
+        }
+        Self::reply(request.send(body))
+    }
+
+    /// `GET path`, with a body when `body` is not empty.
+    pub fn request_get(&self, path: &str, body: &[u8]) -> Reply {
+        let request = Self::agent().get(&format!("http://127.0.0.1:{}{path}", self.port));
+        Self::reply(if body.is_empty() { request.call() } else { request.force_send_body().send(body) })
+    }
+
+    /// (status, body) of `POST path`.
+    pub fn post(&self, path: &str, body: &[u8]) -> (u16, serde_json::Value) {
+        let reply = self.request_post(path, body);
+        (reply.status, reply.body)
+    }
+
+    /// The body of `GET path`, `None` while nothing answers.
+    pub fn get(&self, path: &str) -> Option<serde_json::Value> {
+        let mut response = Self::agent().get(&format!("http://127.0.0.1:{}{path}", self.port)).call().ok()?;
+        let text = response.body_mut().read_to_string().ok()?;
+        Some(serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)))
+    }
+
+    /// Waits until the listener answers `/health`.
+    pub fn wait_up(&self, limit: Duration) -> bool {
+        wait_until(limit, || self.get("/health").is_some())
+    }
+}
+
+/// `component` with a custom section `name` of `len` bytes appended: the
+/// same plugin under another content hash (another version), as large as
+/// wanted (custom sections are not compiled).
+pub fn with_custom_section(component: &[u8], name: &str, len: usize) -> Vec<u8> {
+    fn leb128(mut n: usize, out: &mut Vec<u8>) {
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(byte);
+                return;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+    let mut content = Vec::new();
+    leb128(name.len(), &mut content);
+    content.extend_from_slice(name.as_bytes());
+    content.resize(content.len() + len, 0x5a);
+    let mut out = component.to_vec();
+    out.push(0); // custom section id
+    leb128(content.len(), &mut out);
+    out.extend_from_slice(&content);
+    out
 }

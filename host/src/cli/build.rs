@@ -5,9 +5,10 @@ use std::path::Path;
 use super::{EXIT_OK, EXIT_USAGE, report_error};
 use crate::plugin::{Runtime, build};
 
-pub(super) fn build(dir: &Path) -> i32 {
+pub(super) fn build(dir: &Path, abi: build::Abi, aot: bool) -> i32 {
     let started = std::time::Instant::now();
-    let wasm = match build::build(dir) {
+    let built = if aot { build::build_aot(dir, abi) } else { build::build_abi(dir, abi) };
+    let wasm = match built {
         Ok(wasm) => wasm,
         Err(e) => {
             report_error(format!("{e:#}"));
@@ -21,7 +22,7 @@ pub(super) fn build(dir: &Path) -> i32 {
             eprintln!(
                 "built {} ({}, version {}) in {:.1?}",
                 wasm.display(),
-                plugin.world(),
+                plugin.world().short_name(plugin.encoding()),
                 plugin.version(),
                 started.elapsed()
             );

@@ -23,7 +23,7 @@ pub(super) fn check(path: &Path) -> i32 {
     match runtime.describe(&bytes) {
         Ok((plugin, description)) => {
             println!("{}: ok", path.display());
-            println!("  world    {}", description.world.wit_name());
+            println!("  world    {}", description.world.wit_name(description.encoding));
             println!("  version  {}", plugin.version().to_hex());
             println!("  exports  {}", description.exports.join(", "));
             println!(

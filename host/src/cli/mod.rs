@@ -55,6 +55,14 @@ enum Command {
         /// The plugin folder: a Rust crate (Cargo.toml), a Python module
         /// (app.py or pyproject.toml) or a JavaScript module (package.json).
         dir: PathBuf,
+        /// Which form of the world an SDK plugin is built against: `packed`
+        /// (one buffer per batch, the default) or `record` (typed WIT records).
+        #[arg(long, value_enum, default_value_t = AbiArg::Packed)]
+        abi: AbiArg,
+        /// JavaScript only: compile ahead of time with componentize-js `--aot`
+        /// (needs weval), into NAME.aot.wasm.
+        #[arg(long)]
+        aot: bool,
     },
     /// Create a plugin folder: a working processor, a test fixture and a
     /// pipeline file.
@@ -113,7 +121,7 @@ pub fn main() -> i32 {
         Command::Run { file } => run::run(&file, false),
         Command::Dev { file } => run::run(&file, true),
         Command::Check { plugin } => check::check(&plugin),
-        Command::Build { dir } => build::build(&dir),
+        Command::Build { dir, abi, aot } => build::build(&dir, abi.into(), aot),
         Command::New { name, lang } => new::new(&name, lang),
         Command::Test { plugin, input, expect, config } => test::test(&plugin, &input, &expect, &config),
         Command::Relay { input, output, plugin, format } => {
@@ -141,4 +149,22 @@ fn init_logging(filter: Option<&str>) {
 /// Prints an error the way every weir command does.
 fn report_error(message: impl std::fmt::Display) {
     eprintln!("error: {message}");
+}
+
+/// `weir build --abi`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum AbiArg {
+    /// The packed worlds (`processor-packed`, `aggregator-packed`).
+    Packed,
+    /// The record worlds (`processor`, `aggregator`).
+    Record,
+}
+
+impl From<AbiArg> for crate::plugin::build::Abi {
+    fn from(abi: AbiArg) -> Self {
+        match abi {
+            AbiArg::Packed => crate::plugin::build::Abi::Packed,
+            AbiArg::Record => crate::plugin::build::Abi::Record,
+        }
+    }
 }

@@ -2,6 +2,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
@@ -50,16 +51,21 @@ pub(super) fn run_config(config: &PipelineConfig, file: Option<&Path>, dev: bool
         }
     };
     let admin = match config.admin.as_ref().map(|a| {
-        std::net::TcpListener::bind(a.listen.get_ref()).and_then(|l| l.set_nonblocking(true).map(|()| l)).map_err(|e| {
-            config.error_at(&a.listen, format!("[admin] listen: cannot listen on {}: {e}", a.listen.get_ref()))
-        })
+        let access = a.token().map_err(|m| config.admin_error("token_env", format!("[admin]: {m}")))?;
+        let access =
+            crate::admin::Access { token: access, token_env: a.token_env().to_string(), max_body: a.max_body_bytes() };
+        let listener =
+            std::net::TcpListener::bind(a.listen()).and_then(|l| l.set_nonblocking(true).map(|()| l)).map_err(|e| {
+                config.admin_error("listen", format!("[admin] listen: cannot listen on {}: {e}", a.listen()))
+            })?;
+        Ok::<_, crate::config::ConfigError>((listener, access))
     }) {
         Some(Err(mut e)) => {
             e.file = file.map(Path::to_path_buf);
             report_error(e);
             return EXIT_USAGE;
         }
-        Some(Ok(listener)) => Some(listener),
+        Some(Ok(admin)) => Some(admin),
         None => None,
     };
     let tokio = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("weir-io").build();
@@ -72,17 +78,27 @@ pub(super) fn run_config(config: &PipelineConfig, file: Option<&Path>, dev: bool
     };
     let report = tokio.block_on(async {
         let shutdown = CancellationToken::new();
-        tokio::spawn(watch_signals(shutdown.clone()));
+        tokio::spawn(watch_signals(shutdown.clone(), config.shutdown.drain_timeout()));
         let hot = pipeline.hot_plugins();
         tokio::spawn(reload_on_hangup(hot.clone()));
-        if let Some(listener) = admin {
+        if let Some((listener, access)) = admin {
             match tokio::net::TcpListener::from_std(listener) {
                 Ok(listener) => {
-                    tracing::info!(
-                        "admin API on http://{}",
-                        listener.local_addr().map(|a| a.to_string()).unwrap_or_default()
-                    );
-                    tokio::spawn(crate::admin::serve(listener, hot.clone(), shutdown.clone()));
+                    let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+                    if access.token.is_none() {
+                        tracing::info!(
+                            "admin API on http://{addr}, read-only: set {} to allow swap and rollback",
+                            access.token_env
+                        );
+                    } else if !crate::admin::is_loopback(&addr) {
+                        tracing::warn!(
+                            "admin API on http://{addr}: plain HTTP, the token crosses the network unencrypted; \
+                             keep it on a trusted network or behind a TLS proxy"
+                        );
+                    } else {
+                        tracing::info!("admin API on http://{addr}");
+                    }
+                    tokio::spawn(crate::admin::serve(listener, hot.clone(), access, shutdown.clone()));
                 }
                 Err(e) => report_error(format!("admin listener: {e}")),
             }
@@ -98,22 +114,36 @@ pub(super) fn run_config(config: &PipelineConfig, file: Option<&Path>, dev: bool
         drop(watches);
         report
     });
+    // A drain that timed out may leave a write stuck in the blocking pool:
+    // do not wait for it.
+    tokio.shutdown_timeout(Duration::from_secs(1));
     summarise(&report);
     if report.success() { EXIT_OK } else { EXIT_RUNTIME }
 }
 
-/// First SIGINT/SIGTERM: stop the sources, drain, commit, exit 0. Second:
-/// exit at once, acknowledging nothing further.
-async fn watch_signals(shutdown: CancellationToken) {
+/// First SIGINT/SIGTERM: stop the sources, drain, commit, exit 0 (the
+/// pipeline bounds the drain by `drain_timeout`; should it not return, this
+/// exits 1 shortly after). Second: exit at once, acknowledging nothing further.
+async fn watch_signals(shutdown: CancellationToken, drain_timeout: Duration) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
         tracing::error!("cannot install signal handlers");
         return;
     };
     tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
-    tracing::info!("stopping: draining in-flight messages (signal again to exit at once)");
+    tracing::info!(
+        "stopping: draining in-flight messages for at most {drain_timeout:?} (signal again to exit at once)"
+    );
     shutdown.cancel();
-    tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
+    let last_resort = drain_timeout + Duration::from_secs(5);
+    tokio::select! {
+        _ = int.recv() => {}
+        _ = term.recv() => {}
+        _ = tokio::time::sleep(last_resort) => {
+            eprintln!("error: weir did not stop within {last_resort:?} of the signal; exiting without committing more");
+            std::process::exit(super::EXIT_RUNTIME);
+        }
+    }
     eprintln!("weir: second signal, exiting without draining");
     std::process::exit(130);
 }
@@ -151,9 +181,18 @@ fn print_reload(hot: &HotPlugin, result: Result<Option<Reloaded>, String>) {
     }
 }
 
+/// The process's peak resident memory (Linux `VmHWM`), in MiB.
+fn peak_memory_mib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.trim_start_matches("VmHWM:").trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kib / 1024)
+}
+
 fn summarise(report: &RunReport) {
     let sinks: Vec<String> = report.sinks.iter().map(|(name, n)| format!("{name}={n}")).collect();
-    tracing::info!("run finished: written [{}], dead-lettered {}", sinks.join(", "), report.dead_lettered);
+    let peak = peak_memory_mib().map_or_else(String::new, |mib| format!(", peak memory {mib} MiB"));
+    tracing::info!("run finished: written [{}], dead-lettered {}{peak}", sinks.join(", "), report.dead_lettered);
     for (stage, s) in &report.stages {
         tracing::info!(stage, processed = s.processed, dead_lettered = s.dead_lettered, skipped = s.skipped, traps = s.traps, counters = ?s.counters, "stage summary");
     }

@@ -139,14 +139,14 @@ fn run_processor(plugin: &Plugin, stage: &Arc<StageContext>, inputs: &[Message])
     let mut actual = Vec::new();
     for batch in inputs.chunks(BATCH) {
         match instance.process(batch) {
-            Ok(outcomes) => outcomes.into_iter().for_each(|o| push_outcome(&mut actual, o)),
+            Ok(outcomes) => outcomes.into_iter().zip(batch).for_each(|(o, m)| push_outcome(&mut actual, o, m)),
             Err(_) => {
                 // A trap poisons the instance: replay the batch one message at
                 // a time on fresh instances to find which message(s) trap.
                 for message in batch {
                     instance = init(plugin, stage)?;
                     match instance.process(std::slice::from_ref(message)) {
-                        Ok(outcomes) => outcomes.into_iter().for_each(|o| push_outcome(&mut actual, o)),
+                        Ok(outcomes) => outcomes.into_iter().for_each(|o| push_outcome(&mut actual, o, message)),
                         Err(e) => actual.push(Actual::Fail(e.to_string())),
                     }
                 }
@@ -157,9 +157,13 @@ fn run_processor(plugin: &Plugin, stage: &Arc<StageContext>, inputs: &[Message])
     Ok(actual)
 }
 
-fn push_outcome(actual: &mut Vec<Actual>, outcome: Outcome) {
+fn push_outcome(actual: &mut Vec<Actual>, outcome: Outcome, input: &Message) {
     match outcome {
         Outcome::Emit(outputs) => actual.extend(outputs.into_iter().map(Actual::Output)),
+        Outcome::Keep => {
+            let Message { key, value, headers, timestamp_ms, .. } = input.clone();
+            actual.push(Actual::Output(Output { key, value, headers, timestamp_ms, route: None }));
+        }
         Outcome::Fail(reason) => actual.push(Actual::Fail(reason)),
     }
 }

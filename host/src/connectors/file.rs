@@ -2,13 +2,22 @@
 //!
 //! A path after `file://` that does not start with `/` is relative to the
 //! pipeline file's folder (`file://out.ndjson`).
+//!
+//! The sink holds an exclusive lock on its file while it runs (a second
+//! process appending to it would interleave records), and on opening cuts
+//! off a torn last record (one without its `\n`, left by a crash mid-write)
+//! so it is not glued to the next record: that record was never
+//! acknowledged, so it is written again whole.
 
-use std::path::PathBuf;
+use std::fs::TryLockError;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use async_trait::async_trait;
 use tokio::io::AsyncWriteExt;
 
+use super::lines::LineLimits;
 use super::{Params, Sink, Source, SourceContext, format, lines};
 use crate::config::{Format, PipelineConfig};
 use crate::message::Message;
@@ -30,18 +39,62 @@ pub struct FileSourceSpec {
     pub path: PathBuf,
     /// Line format.
     pub format: Format,
-    /// Most lines per batch.
-    pub batch: usize,
+    /// Batch size and longest line.
+    pub limits: LineLimits,
 }
 
 impl FileSourceSpec {
-    pub(crate) fn parse(rest: &str, format: Format, batch: usize, pipeline: &PipelineConfig) -> Result<Self, String> {
+    pub(crate) fn parse(
+        rest: &str,
+        format: Format,
+        limits: LineLimits,
+        pipeline: &PipelineConfig,
+    ) -> Result<Self, String> {
         let path = parse_path(rest, pipeline)?;
-        if !path.is_file() {
+        check_readable(&path)?;
+        Ok(FileSourceSpec { path, format, limits })
+    }
+}
+
+/// Accepts a regular file or a named pipe; names anything else for what it is.
+fn check_readable(path: &Path) -> Result<(), String> {
+    let metadata = match std::fs::metadata(path) {
+        Ok(metadata) => metadata,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(format!("input file {} does not exist", path.display()));
         }
-        Ok(FileSourceSpec { path, format, batch })
+        Err(e) => return Err(format!("input file {}: {e}", path.display())),
+    };
+    let kind = metadata.file_type();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if kind.is_fifo() {
+            return Ok(());
+        }
+        let what = if kind.is_char_device() {
+            Some("a character device")
+        } else if kind.is_block_device() {
+            Some("a block device")
+        } else if kind.is_socket() {
+            Some("a socket")
+        } else {
+            None
+        };
+        if let Some(what) = what {
+            return Err(format!(
+                "input file {} is {what}, not a file (a file:// source reads regular files and named pipes)",
+                path.display()
+            ));
+        }
     }
+    if kind.is_dir() {
+        return Err(format!("input file {} is a folder, not a file", path.display()));
+    }
+    if !kind.is_file() {
+        return Err(format!("input file {} is not a regular file", path.display()));
+    }
+    Ok(())
 }
 
 /// Reads a file's lines once; the run ends when they are all done.
@@ -64,7 +117,7 @@ impl Source for FileSource {
             .with_context(|| format!("opening {}", self.spec.path.display()))?;
         let reader = tokio::io::BufReader::with_capacity(256 * 1024, file);
         let origin = self.spec.path.display().to_string();
-        lines::run(reader, self.spec.format, self.spec.batch, &origin, &ctx).await
+        lines::run(reader, self.spec.format, self.spec.limits, &origin, &ctx).await
     }
 }
 
@@ -80,10 +133,10 @@ pub struct FileSinkSpec {
 impl FileSinkSpec {
     pub(crate) fn parse(rest: &str, format: Format, pipeline: &PipelineConfig) -> Result<Self, String> {
         let path = parse_path(rest, pipeline)?;
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            if !dir.is_dir() {
-                return Err(format!("output folder {} does not exist", dir.display()));
-            }
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+            && !dir.is_dir()
+        {
+            return Err(format!("output folder {} does not exist", dir.display()));
         }
         Ok(FileSinkSpec { path, format })
     }
@@ -95,34 +148,132 @@ pub struct FileSink {
     format: Format,
     buffer: Vec<u8>,
     path: PathBuf,
+    /// The length of a regular file after the last successful write: a
+    /// failed write (a full disk) is cut back to it, so that no torn record
+    /// is left for the retry to glue to. `None` for devices and pipes.
+    written: Option<u64>,
 }
 
 impl FileSink {
-    /// Opens (creating if needed) the file for appending.
+    /// Opens (creating if needed) the file for appending, takes its lock and
+    /// repairs a torn last record.
     pub async fn open(spec: &FileSinkSpec) -> Result<Self> {
-        let file = tokio::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&spec.path)
-            .await
-            .with_context(|| format!("opening {} for appending", spec.path.display()))?;
-        Ok(FileSink { file, format: spec.format, buffer: Vec::new(), path: spec.path.clone() })
+        let path = spec.path.clone();
+        let file = tokio::task::spawn_blocking(move || open_locked(&path)).await??;
+        let metadata = file.metadata()?;
+        let written = metadata.is_file().then_some(metadata.len());
+        Ok(FileSink {
+            file: tokio::fs::File::from_std(file),
+            format: spec.format,
+            buffer: Vec::new(),
+            path: spec.path.clone(),
+            written,
+        })
     }
+}
+
+fn open_locked(path: &Path) -> Result<std::fs::File> {
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .read(true)
+        .open(path)
+        .with_context(|| format!("opening {} for appending", path.display()))?;
+    if !file.metadata()?.is_file() {
+        // A device or pipe (`/dev/null`, `/dev/stdout`): no records to repair,
+        // and several writers are normal.
+        return Ok(file);
+    }
+    // Advisory (flock): it binds weir processes, which all take it. It is
+    // released when the file is closed, also by a crash.
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(TryLockError::WouldBlock) => bail!(
+            "{} is locked by another process (another weir writing to it?); two writers would interleave records",
+            path.display()
+        ),
+        Err(TryLockError::Error(e)) => return Err(e).with_context(|| format!("locking {}", path.display())),
+    }
+    let torn = torn_tail(&mut file).with_context(|| format!("reading the end of {}", path.display()))?;
+    if torn > 0 {
+        let len = file.metadata()?.len();
+        file.set_len(len - torn).with_context(|| format!("truncating {}", path.display()))?;
+        tracing::warn!(
+            "{}: removed a torn last record ({torn} bytes without a newline, from an interrupted write); it was \
+             not acknowledged and will be written again",
+            path.display()
+        );
+    }
+    Ok(file)
+}
+
+/// Bytes after the file's last `\n` (all of them if it has none).
+fn torn_tail(file: &mut std::fs::File) -> std::io::Result<u64> {
+    const CHUNK: u64 = 64 * 1024;
+    let len = file.metadata()?.len();
+    let mut end = len;
+    let mut chunk = vec![0; CHUNK as usize];
+    while end > 0 {
+        let start = end.saturating_sub(CHUNK);
+        let piece = &mut chunk[..(end - start) as usize];
+        file.seek(SeekFrom::Start(start))?;
+        file.read_exact(piece)?;
+        if let Some(newline) = memchr::memrchr(b'\n', piece) {
+            return Ok(len - (start + newline as u64 + 1));
+        }
+        end = start;
+    }
+    Ok(len)
 }
 
 #[async_trait]
 impl Sink for FileSink {
     async fn write(&mut self, batch: &[Message]) -> Result<()> {
-        self.buffer.clear();
-        for message in batch {
-            format::encode(self.format, message, &mut self.buffer);
+        format::encode_batch(self.format, batch, &mut self.buffer)?;
+        let written = async {
+            self.file.write_all(&self.buffer).await?;
+            self.file.flush().await
         }
-        self.file.write_all(&self.buffer).await.with_context(|| format!("writing {}", self.path.display()))?;
-        self.file.flush().await?;
+        .await;
+        if let Err(e) = written {
+            if let Some(len) = self.written
+                && let Err(cut) = self.file.set_len(len).await
+            {
+                tracing::warn!("{}: cannot cut a failed write back to {len} bytes: {cut}", self.path.display());
+            }
+            return Err(e).with_context(|| format!("writing {}", self.path.display()));
+        }
+        if let Some(len) = &mut self.written {
+            *len += self.buffer.len() as u64;
+        }
         Ok(())
     }
 
     async fn close(&mut self) -> Result<()> {
-        self.file.sync_data().await.with_context(|| format!("syncing {}", self.path.display()))
+        match self.file.sync_data().await {
+            // Devices and pipes (`/dev/stdout`, `/dev/full`) cannot be synced.
+            Err(e) if self.written.is_none() && e.raw_os_error() == Some(22) => Ok(()),
+            other => other.with_context(|| format!("syncing {}", self.path.display())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_torn_tail_is_cut_and_a_second_writer_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.ndjson");
+        std::fs::write(&path, "one\ntwo\nthr").unwrap();
+        let first = open_locked(&path).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"one\ntwo\n");
+        let second = open_locked(&path).unwrap_err().to_string();
+        assert!(second.contains("is locked by another process"), "{second}");
+        drop(first);
+        std::fs::write(&path, vec![b'x'; 200_000]).unwrap();
+        drop(open_locked(&path).unwrap());
+        assert_eq!(std::fs::read(&path).unwrap(), b"");
     }
 }

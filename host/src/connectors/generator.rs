@@ -2,8 +2,10 @@
 //!
 //! `gen://?count=1000&rate=5000&size=100&keys=16`
 //! - `count`: messages to produce; without it the source never ends.
-//! - `rate`: messages per second; without it, as fast as the pipeline takes them.
-//! - `size`: value size in bytes (the JSON value is padded to it).
+//! - `rate`: messages per second (0.001 to 10 000 000); without it, as fast
+//!   as the pipeline takes them.
+//! - `size`: value size in bytes (the JSON value is padded to it), at most
+//!   the source's `max_message_bytes`.
 //! - `keys`: distinct keys `key-0` .. `key-N-1` (0 = no key). Default 16.
 //!
 //! Values are JSON: `{"seq":7,"key":"key-7","status":"ok","amount":7,"pad":"..."}`;
@@ -15,7 +17,8 @@ use anyhow::Result;
 use async_trait::async_trait;
 use std::io::Write;
 
-use super::{Params, Source, SourceContext};
+use super::{LineLimits, Params, Source, SourceContext};
+use crate::config::ranges;
 use crate::message::{Header, Message};
 
 /// What to generate.
@@ -34,7 +37,7 @@ pub struct GenSpec {
 }
 
 impl GenSpec {
-    pub(crate) fn parse(rest: &str, batch: usize) -> Result<Self, String> {
+    pub(crate) fn parse(rest: &str, limits: LineLimits) -> Result<Self, String> {
         let mut params = Params::parse(rest, "gen")?;
         if !params.path.is_empty() {
             return Err(format!(
@@ -44,15 +47,15 @@ impl GenSpec {
         }
         let spec = GenSpec {
             count: params.take_parsed("count")?,
-            rate: params.take_parsed("rate")?,
-            size: params.take_parsed("size")?.unwrap_or(0),
+            rate: params.take_in_range("rate", &ranges::GEN_RATE)?,
+            size: params
+                .take_in_range("size", &(0..=limits.max_message_bytes))
+                .map_err(|e| format!("{e} (the source's max_message_bytes)"))?
+                .unwrap_or(0),
             keys: params.take_parsed("keys")?.unwrap_or(16),
-            batch,
+            batch: limits.batch,
         };
         params.finish()?;
-        if spec.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
-            return Err("query parameter `rate` must be a positive number of messages per second".into());
-        }
         Ok(spec)
     }
 }
@@ -133,6 +136,7 @@ impl Source for GenSource {
             }
             while released.try_recv().is_ok() {}
         }
+        tracing::debug!(source = ctx.name(), messages = seq, "generator emitted its messages");
         ctx.drain(&tracker, &mut released, |_, _| {}).await;
         tracing::debug!(source = ctx.name(), messages = seq, "generator finished");
         Ok(())

@@ -1,28 +1,43 @@
-//! Line-oriented reading shared by the file and stdin sources.
+//! Line-oriented reading shared by the file and stdin sources: a record ends
+//! at `\n`, and no line may grow past the source's `max_message_bytes`, so
+//! endless input without a newline (`/dev/zero`) cannot exhaust memory.
 
-use anyhow::{Context, Result};
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use anyhow::{Context, Result, bail};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, BufReader};
 
 use super::{SourceContext, format};
 use crate::config::Format;
 use crate::message::{Message, Origin};
 
+/// How a line source reads.
+#[derive(Debug, Clone, Copy)]
+pub struct LineLimits {
+    /// Most lines per batch.
+    pub batch: usize,
+    /// Longest line, without its `\n`.
+    pub max_message_bytes: usize,
+}
+
 /// Reads `reader` to its end (or until shutdown), in batches of at most
-/// `batch` lines; a batch closes early when no more input is buffered, so an
-/// interactive stdin is not held back. Lines that do not decode go to the
-/// dead letter with the reason and their line number.
+/// `limits.batch` lines; a batch closes early when no more input is
+/// buffered, so an interactive stdin is not held back. Lines that do not
+/// decode go to the dead letter with the reason and their line number; a
+/// line longer than `limits.max_message_bytes` stops the source with an
+/// error.
 pub async fn run<R: AsyncRead + Unpin>(
     mut reader: BufReader<R>,
     format: Format,
-    batch: usize,
+    limits: LineLimits,
     origin: &str,
     ctx: &SourceContext,
 ) -> Result<()> {
+    let batch = limits.batch;
     let (tracker, mut released) = ctx.tracker::<u64>();
     let mut line_no: u64 = 0;
     let mut line = Vec::new();
     let mut eof = false;
-    while !eof && !ctx.shutdown().is_cancelled() {
+    let mut too_long = None;
+    while !eof && too_long.is_none() && !ctx.shutdown().is_cancelled() {
         let mut messages = Vec::with_capacity(batch);
         let mut rejected = Vec::new();
         loop {
@@ -30,15 +45,22 @@ pub async fn run<R: AsyncRead + Unpin>(
             let read = tokio::select! {
                 biased;
                 _ = ctx.shutdown().cancelled(), if messages.is_empty() && rejected.is_empty() => break,
-                read = reader.read_until(b'\n', &mut line) => read.with_context(|| format!("reading {origin}"))?,
+                read = read_line(&mut reader, &mut line, limits.max_message_bytes) => {
+                    read.with_context(|| format!("reading {origin}"))?
+                }
             };
-            if read == 0 {
-                eof = true;
-                break;
+            match read {
+                Line::Complete => line_no += 1,
+                Line::End => {
+                    eof = true;
+                    break;
+                }
+                Line::TooLong => {
+                    too_long = Some(line_no + 1);
+                    break;
+                }
             }
-            line_no += 1;
             let text = line.strip_suffix(b"\n").unwrap_or(&line);
-            let text = text.strip_suffix(b"\r").unwrap_or(text);
             match format::decode(format, text) {
                 Ok(mut message) => {
                     message.origin =
@@ -72,5 +94,79 @@ pub async fn run<R: AsyncRead + Unpin>(
         tracing::trace!(source = ctx.name(), line = position, "lines done")
     })
     .await;
+    // The lines before an overlong one are written first; then the source fails.
+    if let Some(line_no) = too_long {
+        bail!(
+            "{origin} line {line_no} is longer than max_message_bytes ({} bytes); raise `max_message_bytes` on the \
+             source if such records are expected",
+            limits.max_message_bytes
+        );
+    }
     Ok(())
+}
+
+/// What [`read_line`] found.
+enum Line {
+    /// A line, with its `\n` unless it ends the input.
+    Complete,
+    /// The input ended before any byte.
+    End,
+    /// More than the maximum without a `\n`: the line is not read further.
+    TooLong,
+}
+
+/// `read_until(b'\n')` that gives up once the line exceeds `max` bytes
+/// (not counting the `\n`), instead of buffering without bound.
+async fn read_line<R: AsyncBufRead + Unpin>(reader: &mut R, line: &mut Vec<u8>, max: usize) -> std::io::Result<Line> {
+    loop {
+        let available = reader.fill_buf().await?;
+        if available.is_empty() {
+            return Ok(if line.is_empty() { Line::End } else { Line::Complete });
+        }
+        let (chunk, complete) = match memchr::memchr(b'\n', available) {
+            Some(end) => (&available[..=end], true),
+            None => (available, false),
+        };
+        let content = chunk.len() - usize::from(complete);
+        if line.len() + content > max {
+            return Ok(Line::TooLong);
+        }
+        line.extend_from_slice(chunk);
+        let used = chunk.len();
+        reader.consume(used);
+        if complete {
+            return Ok(Line::Complete);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn lines(input: &[u8], max: usize) -> Vec<Result<Vec<u8>, &'static str>> {
+        let mut reader = BufReader::with_capacity(4, input);
+        let mut out = Vec::new();
+        loop {
+            let mut line = Vec::new();
+            match read_line(&mut reader, &mut line, max).await.unwrap() {
+                Line::Complete => out.push(Ok(line)),
+                Line::End => return out,
+                Line::TooLong => {
+                    out.push(Err("too long"));
+                    return out;
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn lines_end_at_newline_only_and_are_bounded() {
+        assert_eq!(
+            lines(b"a\r\nb\rc\n\nlast", 10).await,
+            [Ok(b"a\r\n".to_vec()), Ok(b"b\rc\n".to_vec()), Ok(b"\n".to_vec()), Ok(b"last".to_vec())]
+        );
+        assert_eq!(lines(b"12345\n123456\n", 5).await, [Ok(b"12345\n".to_vec()), Err("too long")]);
+        assert_eq!(lines(&[0u8; 100], 50).await, [Err("too long")]);
+    }
 }

@@ -32,9 +32,11 @@ use crate::config::{ConfigError, Format, PipelineConfig, SinkConfig, SourceConfi
 use crate::message::Message;
 use crate::pipeline::ack::{AckToken, AckTracker, Released};
 use crate::pipeline::batch::Batch;
+use crate::pipeline::budget::InFlightBudget;
 use crate::pipeline::control::Control;
 use crate::pipeline::dead_letter::DeadLetter;
 
+pub use lines::LineLimits;
 pub use params::Params;
 
 /// A source of messages.
@@ -58,6 +60,12 @@ pub trait Sink: Send {
     }
 }
 
+/// A batch a sink can never write as it is (retrying would fail the same
+/// way), e.g. a raw value containing a newline: the run halts with the reason.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Refused(pub String);
+
 /// The source had to stop handing over batches (the pipeline halted).
 #[derive(Debug, thiserror::Error)]
 #[error("the pipeline is no longer accepting messages")]
@@ -71,6 +79,7 @@ pub struct SourceContext {
     halted: Arc<AtomicBool>,
     halt_signal: CancellationToken,
     dead_letter: DeadLetter,
+    budget: InFlightBudget,
 }
 
 impl SourceContext {
@@ -79,6 +88,7 @@ impl SourceContext {
         downstream: mpsc::Sender<Batch>,
         control: &Control,
         dead_letter: DeadLetter,
+        budget: InFlightBudget,
     ) -> Self {
         SourceContext {
             name,
@@ -87,6 +97,7 @@ impl SourceContext {
             halted: control.halted_flag(),
             halt_signal: control.halt_signal().clone(),
             dead_letter,
+            budget,
         }
     }
 
@@ -106,6 +117,8 @@ impl SourceContext {
         if messages.is_empty() {
             return Ok(());
         }
+        // Wait for room in the in-flight budget (backpressure in bytes).
+        token.hold(self.budget.reserve(&messages).await);
         self.downstream.send(Batch::from_source(messages, token)).await.map_err(|_| Stopped)
     }
 
@@ -173,6 +186,9 @@ pub enum SourceSpec {
 /// Default number of messages a source reads per batch.
 pub const DEFAULT_SOURCE_BATCH: usize = 256;
 
+/// Default longest message a source accepts (`max_message_bytes`): 8 MiB.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
+
 impl SourceSpec {
     /// Parses and checks a `[[source]]`.
     pub fn parse(source: &SourceConfig, pipeline: &PipelineConfig) -> Result<Self, ConfigError> {
@@ -180,10 +196,12 @@ impl SourceSpec {
         let uri = source.uri.get_ref();
         let (scheme, rest) = split_uri(uri).map_err(at)?;
         let batch = source.batch_size.unwrap_or(DEFAULT_SOURCE_BATCH);
+        let lines =
+            LineLimits { batch, max_message_bytes: source.max_message_bytes.unwrap_or(DEFAULT_MAX_MESSAGE_BYTES) };
         let spec = match scheme {
-            "file" => SourceSpec::File(file::FileSourceSpec::parse(rest, source.format, batch, pipeline).map_err(at)?),
-            "stdio" => SourceSpec::Stdin(stdio::StdinSpec::parse(rest, source.format, batch).map_err(at)?),
-            "gen" => SourceSpec::Gen(generator::GenSpec::parse(rest, batch).map_err(at)?),
+            "file" => SourceSpec::File(file::FileSourceSpec::parse(rest, source.format, lines, pipeline).map_err(at)?),
+            "stdio" => SourceSpec::Stdin(stdio::StdinSpec::parse(rest, source.format, lines).map_err(at)?),
+            "gen" => SourceSpec::Gen(generator::GenSpec::parse(rest, lines).map_err(at)?),
             "memory" => SourceSpec::Memory(memory::MemorySourceSpec::parse(rest, batch).map_err(at)?),
             "redis" => SourceSpec::Redis(redis::RedisSourceSpec::parse(rest, source, batch, pipeline).map_err(at)?),
             "kafka" => SourceSpec::Kafka(kafka::KafkaSourceSpec::parse(rest, kafka_keys(source), batch).map_err(at)?),
@@ -197,6 +215,7 @@ impl SourceSpec {
             ("start", source.start.is_some() && !broker),
             ("claim_idle_ms", source.claim_idle_ms.is_some() && scheme != "redis"),
             ("properties", !source.properties.is_empty() && scheme != "kafka"),
+            ("max_message_bytes", source.max_message_bytes.is_some() && !matches!(scheme, "file" | "stdio" | "gen")),
         ];
         if let Some((key, _)) = unused.iter().find(|(_, set)| *set) {
             return Err(at(format!("key `{key}` does not apply to a {scheme}:// source")));

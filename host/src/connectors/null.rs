@@ -34,6 +34,7 @@ impl NullSink {
 impl Sink for NullSink {
     async fn write(&mut self, batch: &[Message]) -> Result<()> {
         if !self.delay.is_zero() {
+            tracing::debug!(messages = batch.len(), delay = ?self.delay, "null sink holding a batch");
             tokio::time::sleep(self.delay).await;
         }
         self.messages += batch.len() as u64;

@@ -1,5 +1,7 @@
 //! Query parameters of connector URIs, with unknown ones refused by name.
 
+use std::fmt::Display;
+use std::ops::RangeInclusive;
 use std::str::FromStr;
 
 /// The path and query parameters of a URI after `scheme://`.
@@ -42,6 +44,25 @@ impl Params {
             None => Ok(None),
             Some(raw) => raw.parse().map(Some).map_err(|e| format!("query parameter `{key}={raw}`: {e}")),
         }
+    }
+
+    /// Takes and parses a parameter that must lie in `range` (see
+    /// [`crate::config::ranges`]).
+    pub fn take_in_range<T>(&mut self, key: &str, range: &RangeInclusive<T>) -> Result<Option<T>, String>
+    where
+        T: FromStr + PartialOrd + Display,
+        T::Err: Display,
+    {
+        let Some(raw) = self.take(key) else { return Ok(None) };
+        let value: T = raw.parse().map_err(|e| format!("query parameter `{key}={raw}`: {e}"))?;
+        if !range.contains(&value) {
+            return Err(format!(
+                "query parameter `{key}={raw}` is out of range: it must be between {} and {}",
+                range.start(),
+                range.end()
+            ));
+        }
+        Ok(Some(value))
     }
 
     /// Refuses parameters nobody took.

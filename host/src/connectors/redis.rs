@@ -84,7 +84,7 @@ use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use super::{Params, Sink, Source, SourceContext};
-use crate::config::{PipelineConfig, SinkConfig, SourceConfig};
+use crate::config::{PipelineConfig, SinkConfig, SourceConfig, ranges};
 use crate::message::{Header, Message, Origin};
 use crate::pipeline::ack::{AckTracker, Released};
 
@@ -117,7 +117,7 @@ impl Endpoint {
         let url = ::url::Url::parse(&format!("redis://{authority}"))
             .map_err(|e| format!("`{authority}` is not a valid [user:password@]host[:port]: {e}"))?;
         let host = url.host_str().filter(|h| !h.is_empty()).ok_or("redis:// needs a host")?.to_string();
-        let db = params.take_parsed("db")?.unwrap_or(0);
+        let db = params.take_in_range("db", &ranges::REDIS_DB)?.unwrap_or(0);
         Ok(Endpoint { authority: authority.to_string(), host, port: url.port().unwrap_or(6379), db })
     }
 
@@ -270,12 +270,13 @@ impl RedisSourceSpec {
         };
         let claim_idle_ms = match either(&mut params, "claim_idle_ms", source.claim_idle_ms.map(|n| n.to_string()))? {
             None => DEFAULT_CLAIM_IDLE_MS,
-            Some(raw) => raw.parse().map_err(|e| format!("`claim_idle_ms={raw}`: {e}"))?,
+            Some(raw) => {
+                let ms = raw.parse().map_err(|e| format!("`claim_idle_ms={raw}`: {e}"))?;
+                ranges::check("claim_idle_ms", ms, &ranges::CLAIM_IDLE_MS)?
+            }
         };
-        let block_ms: u64 = params.take_parsed("block_ms")?.unwrap_or(DEFAULT_BLOCK_MS);
-        if block_ms == 0 {
-            return Err("`block_ms` must be at least 1 (0 would block forever)".into());
-        }
+        // 0 would block forever.
+        let block_ms: u64 = params.take_in_range("block_ms", &ranges::BLOCK_MS)?.unwrap_or(DEFAULT_BLOCK_MS);
         params.finish()?;
         Ok(RedisSourceSpec {
             endpoint,
@@ -329,7 +330,7 @@ impl RedisSinkSpec {
         if stream.is_empty() || stream.contains(',') {
             return Err(format!("a redis:// sink writes one stream, e.g. redis://127.0.0.1:6379/out (got `{stream}`)"));
         }
-        let maxlen = params.take_parsed("maxlen")?;
+        let maxlen = params.take_in_range("maxlen", &ranges::MAXLEN)?;
         params.finish()?;
         Ok(RedisSinkSpec { endpoint, stream, maxlen })
     }
@@ -948,9 +949,11 @@ impl Sink for RedisSink {
             pipe.add_command(cmd).ignore();
         }
         if self.conn.is_none() {
+            // The error's text already holds its source's (`Connection
+            // refused (os error 111)`): not chained, so it is said once.
             let conn = connect(&self.client, Duration::from_secs(30))
                 .await
-                .with_context(|| format!("connecting to Redis at {}", spec.endpoint.display()))?;
+                .map_err(|e| anyhow!("connecting to Redis at {}: {e}", spec.endpoint.display()))?;
             self.conn = Some(conn);
         }
         let conn = self.conn.as_mut().expect("connected");

@@ -4,6 +4,7 @@ use anyhow::Result;
 use async_trait::async_trait;
 use tokio::io::AsyncWriteExt;
 
+use super::lines::LineLimits;
 use super::{Params, Sink, Source, SourceContext, format, lines};
 use crate::config::Format;
 use crate::message::Message;
@@ -13,14 +14,14 @@ use crate::message::Message;
 pub struct StdinSpec {
     /// Line format.
     pub format: Format,
-    /// Most lines per batch.
-    pub batch: usize,
+    /// Batch size and longest line.
+    pub limits: LineLimits,
 }
 
 impl StdinSpec {
-    pub(crate) fn parse(rest: &str, format: Format, batch: usize) -> Result<Self, String> {
+    pub(crate) fn parse(rest: &str, format: Format, limits: LineLimits) -> Result<Self, String> {
         Params::parse(rest, "stdio")?.finish()?;
-        Ok(StdinSpec { format, batch })
+        Ok(StdinSpec { format, limits })
     }
 }
 
@@ -40,7 +41,7 @@ impl StdinSource {
 impl Source for StdinSource {
     async fn run(self: Box<Self>, ctx: SourceContext) -> Result<()> {
         let reader = tokio::io::BufReader::with_capacity(64 * 1024, tokio::io::stdin());
-        lines::run(reader, self.spec.format, self.spec.batch, "stdin", &ctx).await
+        lines::run(reader, self.spec.format, self.spec.limits, "stdin", &ctx).await
     }
 }
 
@@ -61,10 +62,7 @@ impl StdoutSink {
 #[async_trait]
 impl Sink for StdoutSink {
     async fn write(&mut self, batch: &[Message]) -> Result<()> {
-        self.buffer.clear();
-        for message in batch {
-            format::encode(self.format, message, &mut self.buffer);
-        }
+        format::encode_batch(self.format, batch, &mut self.buffer)?;
         self.out.write_all(&self.buffer).await?;
         self.out.flush().await?;
         Ok(())

@@ -14,11 +14,13 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use parking_lot::Mutex;
 use tokio::sync::{Notify, mpsc};
+
+use super::budget::Reservation;
 
 /// Outstanding work of one source batch (or of one aggregated group).
 #[derive(Clone)]
@@ -27,6 +29,9 @@ pub struct AckToken(Arc<AckNode>);
 struct AckNode {
     pending: AtomicUsize,
     on_done: OnDone,
+    /// The source batch's share of the in-flight budget, returned when the
+    /// last copy of the token is dropped.
+    reservation: OnceLock<Reservation>,
 }
 
 enum OnDone {
@@ -42,15 +47,22 @@ enum OnDone {
 impl AckToken {
     /// A token that tracks nothing, for messages with no source to tell.
     pub fn untracked(pieces: usize) -> Self {
-        AckToken(Arc::new(AckNode { pending: AtomicUsize::new(pieces), on_done: OnDone::Nothing }))
+        AckToken(Arc::new(AckNode {
+            pending: AtomicUsize::new(pieces),
+            on_done: OnDone::Nothing,
+            reservation: OnceLock::new(),
+        }))
     }
 
     /// A token whose completion finishes one piece of each of `inputs`, once
     /// `pieces` pieces of its own are done. With zero pieces the inputs are
     /// finished at once.
     pub fn group(inputs: Vec<AckToken>, pieces: usize) -> Self {
-        let token =
-            AckToken(Arc::new(AckNode { pending: AtomicUsize::new(pieces.max(1)), on_done: OnDone::Group(inputs) }));
+        let token = AckToken(Arc::new(AckNode {
+            pending: AtomicUsize::new(pieces.max(1)),
+            on_done: OnDone::Group(inputs),
+            reservation: OnceLock::new(),
+        }));
         if pieces == 0 {
             token.done(1);
         }
@@ -79,6 +91,12 @@ impl AckToken {
                 OnDone::Nothing => {}
             }
         }
+    }
+
+    /// Keeps `reservation` until the token's last copy is dropped. A token
+    /// holds one reservation; a second one is returned at once.
+    pub fn hold(&self, reservation: Reservation) {
+        let _ = self.0.reservation.set(reservation);
     }
 
     /// Whether two tokens are the same batch's.
@@ -176,6 +194,7 @@ impl<P: Send + 'static> AckTracker<P> {
         let token = AckToken(Arc::new(AckNode {
             pending: AtomicUsize::new(messages.max(1)),
             on_done: OnDone::Source { tracker, partition, seq },
+            reservation: OnceLock::new(),
         }));
         if messages == 0 {
             token.done(1);

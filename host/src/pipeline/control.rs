@@ -58,6 +58,14 @@ impl Control {
         self.shutdown.cancel();
     }
 
+    /// The drain gave up: nothing more is acknowledged and whoever waits for
+    /// work is woken, without a halt reason (the caller reports why).
+    pub fn abandon(&self) {
+        self.halted.store(true, Ordering::Release);
+        self.halt_signal.cancel();
+        self.shutdown.cancel();
+    }
+
     /// Why the pipeline halted, if it did.
     pub fn halt_reason(&self) -> Option<String> {
         self.halt_reason.lock().clone()

@@ -2,11 +2,16 @@
 //! instance), broadcast (to all), or partition (by a stable hash of the key or
 //! a header, so one key always lands on one instance, in order). Batches are
 //! formed here, per instance and per group when the stage groups them.
+//! Once the pipeline is stopping, open batches are sent at once, whatever
+//! their `max_wait_ms`.
 
 use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use super::batch::{Batch, BatchPolicy, Groups};
 use super::stage::Work;
@@ -30,25 +35,49 @@ pub fn partition_of(value: Option<&[u8]>, n: usize) -> usize {
     (hasher.finish() % n as u64) as usize
 }
 
+/// How a stage's dispatcher runs.
+pub(crate) struct DispatchOptions {
+    /// How batches are spread.
+    pub mode: Mode,
+    /// How batches are closed.
+    pub policy: BatchPolicy,
+    /// Batches per group.
+    pub group_by: Option<GroupBy>,
+    /// Fires when the pipeline stops: open batches are sent at once.
+    pub shutdown: CancellationToken,
+    /// Counts the messages handed to instances (once per instance for
+    /// broadcast), to tell what is still in flight when a drain times out.
+    pub dispatched: Arc<AtomicU64>,
+}
+
 /// Runs until `input` closes, then flushes and closes the instances' inputs.
 pub(crate) async fn dispatch(
     mut input: mpsc::Receiver<Batch>,
     instances: Vec<mpsc::Sender<Work>>,
-    mode: Mode,
-    policy: BatchPolicy,
-    group_by: Option<GroupBy>,
+    options: DispatchOptions,
 ) {
+    let DispatchOptions { mode, policy, group_by, shutdown, dispatched } = options;
     // Partition dispatch batches per instance; the others share one set.
     let sets = if matches!(mode, Mode::Partition(_)) { instances.len() } else { 1 };
     let groups = (0..sets).map(|_| Groups::new(policy)).collect();
-    let mut dispatcher = Dispatcher { instances, mode, group_by, groups, seq: 0, next: 0 };
+    let mut dispatcher = Dispatcher { instances, mode, group_by, groups, seq: 0, next: 0, dispatched };
+    let mut draining = false;
     loop {
         let deadline = dispatcher.groups.iter().filter_map(Groups::deadline).min();
         tokio::select! {
             batch = input.recv() => match batch {
-                Some(batch) => dispatcher.accept(batch).await,
+                Some(batch) => {
+                    dispatcher.accept(batch).await;
+                    if draining {
+                        dispatcher.flush_all().await;
+                    }
+                }
                 None => break,
             },
+            _ = shutdown.cancelled(), if !draining => {
+                draining = true;
+                dispatcher.flush_all().await;
+            }
             _ = sleep_until(deadline) => dispatcher.flush_expired().await,
         }
     }
@@ -70,6 +99,7 @@ struct Dispatcher {
     groups: Vec<Groups>,
     seq: u64,
     next: usize,
+    dispatched: Arc<AtomicU64>,
 }
 
 impl Dispatcher {
@@ -125,6 +155,8 @@ impl Dispatcher {
         if batch.is_empty() {
             return;
         }
+        let copies = if matches!(self.mode, Mode::Broadcast) { self.instances.len() } else { 1 };
+        self.dispatched.fetch_add((batch.len() * copies) as u64, Ordering::Relaxed);
         match &self.mode {
             Mode::Partition(_) => {
                 let seq = self.next_seq();

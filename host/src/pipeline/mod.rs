@@ -4,10 +4,13 @@
 //! connector URIs, plugin builds, compilation, world checks and a trial
 //! `init` per stage. [`Pipeline::run`] then wires bounded channels end to end
 //! (backpressure) and runs until the sources end or are stopped, draining
-//! every stage and sink before it returns.
+//! every stage and sink before it returns. A stopped pipeline (signal or
+//! halt) drains for at most `[shutdown] drain_timeout_ms`; then it gives up
+//! on what is still in flight (acknowledging none of it) and reports it.
 
 pub mod ack;
 pub mod batch;
+pub mod budget;
 pub mod control;
 pub mod dead_letter;
 pub mod dispatch;
@@ -19,7 +22,7 @@ pub mod stage;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Result;
@@ -32,12 +35,13 @@ use crate::plugin::state::StageState;
 use crate::plugin::swap::HotPlugin;
 use crate::plugin::{Runtime, StageContext};
 use batch::{Batch, BatchPolicy};
+use budget::InFlightBudget;
 use control::Control;
 use dead_letter::DeadLetter;
 use logic::Runner;
 pub use logic::{NativeFn, NativeStages, StageLogic};
 use router::Downstream;
-use sink::SinkStats;
+use sink::{RetryPolicy, SinkStats};
 use stage::{ErrorPolicy, Stage, StageStats, Worker};
 
 /// Batches buffered between two steps (per channel): bounds memory.
@@ -50,8 +54,10 @@ pub struct Pipeline {
     sources: Vec<(Arc<str>, SourceSpec)>,
     stages: Vec<PreparedStage>,
     sinks: Vec<PreparedSink>,
-    dead_letter: Option<SinkSpec>,
+    dead_letter: Option<(SinkSpec, RetryPolicy)>,
     watched: Vec<String>,
+    drain_timeout: Duration,
+    budget: InFlightBudget,
 }
 
 struct PreparedStage {
@@ -73,6 +79,7 @@ struct PreparedSink {
     routes: Vec<String>,
     batch: BatchPolicy,
     group_by: Option<GroupBy>,
+    retry: RetryPolicy,
 }
 
 /// Why a pipeline could not be prepared: a config error (exit 2).
@@ -111,6 +118,12 @@ pub struct StageSummary {
 }
 
 impl RunReport {
+    /// A run that failed before it started.
+    fn failed(mut self, error: String) -> Self {
+        self.errors.push(error);
+        self
+    }
+
     /// Whether the run succeeded.
     pub fn success(&self) -> bool {
         self.halted.is_none() && self.errors.is_empty()
@@ -149,6 +162,7 @@ impl Pipeline {
                         max_wait: Duration::from_millis(s.batch.max_wait_ms),
                     },
                     group_by: s.batch.group_by.as_ref().map(|g| GroupBy::parse(g.get_ref(), true).expect("validated")),
+                    retry: RetryPolicy { retries: s.retries, backoff: Duration::from_millis(s.retry_backoff_ms) },
                 })
             })
             .collect::<Result<Vec<_>, ConfigError>>()?;
@@ -156,8 +170,9 @@ impl Pipeline {
             .dead_letter
             .as_ref()
             .map(|d| {
-                SinkSpec::parse_uri(d.uri.get_ref(), d.format, config)
-                    .map_err(|m| config.error_at(&d.uri, format!("[dead_letter]: {m}")))
+                let spec = SinkSpec::parse_uri(d.uri.get_ref(), d.format, config)
+                    .map_err(|m| config.error_at(&d.uri, format!("[dead_letter]: {m}")))?;
+                Ok((spec, RetryPolicy { retries: d.retries, backoff: Duration::from_millis(d.retry_backoff_ms) }))
             })
             .transpose()?;
         let state_dir = config.state_dir();
@@ -167,7 +182,9 @@ impl Pipeline {
             .map(|s| prepare_stage(s, config, runtime, natives, &state_dir))
             .collect::<Result<Vec<_>, ConfigError>>()?;
         let watched = config.stages.iter().filter(|s| s.watch).map(|s| s.name.clone()).collect();
-        Ok(Pipeline { sources, stages, sinks, dead_letter, watched })
+        let drain_timeout = config.shutdown.drain_timeout();
+        let budget = InFlightBudget::new(config.memory.max_in_flight_bytes());
+        Ok(Pipeline { sources, stages, sinks, dead_letter, watched, drain_timeout, budget })
     }
 
     /// The swappable plugins of the WASM stages (hot swap, admin API).
@@ -192,12 +209,41 @@ impl Pipeline {
         let mut report = RunReport::default();
         let mut tasks = tokio::task::JoinSet::new();
 
+        // Every sink opens before any source reads: one that cannot (a locked
+        // or unwritable file) stops the run before a message moves.
+        let mut opened = Vec::with_capacity(self.sinks.len());
+        for sink in &self.sinks {
+            match sink.spec.open().await {
+                Ok(s) => opened.push(s),
+                Err(e) => return report.failed(format!("sink `{}`: {e:#}", sink.name)),
+            }
+        }
+        let dead_letter_sink = match &self.dead_letter {
+            Some((spec, retry)) => match spec.open().await {
+                Ok(s) => Some((s, *retry)),
+                Err(e) => return report.failed(format!("[dead_letter]: {e:#}")),
+            },
+            None => None,
+        };
+
         // Dead letter.
         let dlq_stats = Arc::new(SinkStats::default());
-        let dlq_sender = self.dead_letter.map(|spec| {
+        let dlq_sender = dead_letter_sink.map(|(opened, retry)| {
             let (tx, rx) = mpsc::channel(CHANNEL_BATCHES);
             let policy = BatchPolicy { max_size: 100, max_wait: Duration::from_millis(10) };
-            tasks.spawn(sink::run("dead_letter".into(), spec, rx, policy, None, dlq_stats.clone(), control.clone()));
+            let label = "[dead_letter]".to_string();
+            let stats = dlq_stats.clone();
+            tasks.spawn(sink::run(
+                "dead_letter".into(),
+                label,
+                opened,
+                rx,
+                policy,
+                None,
+                retry,
+                stats,
+                control.clone(),
+            ));
             tx
         });
         let dead_letter = DeadLetter::new(dlq_sender, control.clone());
@@ -206,28 +252,42 @@ impl Pipeline {
         let mut default_sinks = Vec::new();
         let mut routes: HashMap<Arc<str>, Vec<mpsc::Sender<Batch>>> = HashMap::new();
         let mut sink_stats = Vec::new();
-        for sink in self.sinks {
+        for (sink, opened) in self.sinks.into_iter().zip(opened) {
             let (tx, rx) = mpsc::channel(CHANNEL_BATCHES);
             let stats = Arc::new(SinkStats::default());
             sink_stats.push((sink.name.to_string(), stats.clone()));
+            let label = format!("sink `{}`", sink.name);
             if sink.routes.is_empty() {
                 default_sinks.push(tx.clone());
             }
             for route in sink.routes {
                 routes.entry(route.into()).or_default().push(tx.clone());
             }
-            tasks.spawn(sink::run(sink.name, sink.spec, rx, sink.batch, sink.group_by, stats, control.clone()));
+            tasks.spawn(sink::run(
+                sink.name,
+                label,
+                opened,
+                rx,
+                sink.batch,
+                sink.group_by,
+                sink.retry,
+                stats,
+                control.clone(),
+            ));
         }
 
         // Stages, last first, each feeding the one after it.
         let mut next_hop = Downstream::new(default_sinks, routes.clone());
         let mut workers = Vec::new();
         let mut stage_stats = Vec::new();
+        let mut dispatched = Vec::new();
         let mut states = Vec::new();
         for prepared in self.stages.into_iter().rev() {
             let (input_tx, input_rx) = mpsc::channel(CHANNEL_BATCHES);
             let stats = Arc::new(StageStats::default());
             stage_stats.push((prepared.context.clone(), stats.clone()));
+            let counter = Arc::new(AtomicU64::new(0));
+            dispatched.push(counter.clone());
             states.push(prepared.context.state.clone());
             let sequencer = prepared.ordered.then(|| {
                 let (tx, rx) = mpsc::channel(CHANNEL_BATCHES * prepared.concurrency);
@@ -263,13 +323,21 @@ impl Pipeline {
                 workers.push(thread);
             }
             drop(stage);
+            let options = dispatch::DispatchOptions {
+                mode: prepared.mode,
+                policy: prepared.batch,
+                group_by: prepared.group_by,
+                shutdown: control.shutdown().clone(),
+                dispatched: counter,
+            };
             tasks.spawn(async move {
-                dispatch::dispatch(input_rx, instance_senders, prepared.mode, prepared.batch, prepared.group_by).await;
+                dispatch::dispatch(input_rx, instance_senders, options).await;
                 Ok(())
             });
             next_hop = Downstream::new(vec![input_tx], routes.clone());
         }
         stage_stats.reverse();
+        dispatched.reverse();
         drop(routes);
 
         // Sources feed the first stage (or, without stages, the sinks).
@@ -282,7 +350,8 @@ impl Pipeline {
         });
         let mut source_tasks = tokio::task::JoinSet::new();
         for (name, spec) in self.sources {
-            let ctx = SourceContext::new(name.clone(), source_tx.clone(), &control, dead_letter.clone());
+            let ctx =
+                SourceContext::new(name.clone(), source_tx.clone(), &control, dead_letter.clone(), self.budget.clone());
             source_tasks.spawn(async move {
                 let source = spec.open().map_err(|e| anyhow::anyhow!("source `{name}`: {e:#}"))?;
                 source.run(ctx).await.map_err(|e| anyhow::anyhow!("source `{name}`: {e:#}"))
@@ -302,27 +371,54 @@ impl Pipeline {
             }
         });
 
-        while let Some(result) = source_tasks.join_next().await {
-            if let Some(e) = flatten(result) {
-                tracing::error!("{e}");
-                report.errors.push(e);
-                // A broken source stops the run; the others drain.
-                control.shutdown().cancel();
+        let finished = {
+            let control = control.clone();
+            async move {
+                let mut errors = Vec::new();
+                while let Some(result) = source_tasks.join_next().await {
+                    if let Some(e) = flatten(result) {
+                        tracing::error!("{e}");
+                        errors.push(e);
+                        // A broken source stops the run; the others drain.
+                        control.shutdown().cancel();
+                    }
+                }
+                while let Some(result) = tasks.join_next().await {
+                    if let Some(e) = flatten(result) {
+                        tracing::error!("{e}");
+                        errors.push(e);
+                        control.shutdown().cancel();
+                    }
+                }
+                let _ = tokio::task::spawn_blocking(move || {
+                    for worker in workers {
+                        let _ = worker.join();
+                    }
+                })
+                .await;
+                errors
+            }
+        };
+        // Once stopping (signal, halt, broken source), the drain is bounded.
+        let drain_timeout = self.drain_timeout;
+        let watchdog = async {
+            control.shutdown().cancelled().await;
+            tokio::time::sleep(drain_timeout).await;
+        };
+        tokio::select! {
+            errors = finished => report.errors.extend(errors),
+            () = watchdog => {
+                // Nothing more is acknowledged; dropping `finished` aborts the
+                // tasks, and worker threads stuck in a call are left behind.
+                control.abandon();
+                let in_flight = in_flight(&sink_stats, &dlq_stats, &stage_stats, &dispatched);
+                report.errors.push(format!(
+                    "the drain timed out after {drain_timeout:?} ([shutdown] drain_timeout_ms) with messages still in \
+                     flight: {in_flight}; nothing past the acknowledged position was committed, so they will be \
+                     delivered again"
+                ));
             }
         }
-        while let Some(result) = tasks.join_next().await {
-            if let Some(e) = flatten(result) {
-                tracing::error!("{e}");
-                report.errors.push(e);
-                control.shutdown().cancel();
-            }
-        }
-        let _ = tokio::task::spawn_blocking(move || {
-            for worker in workers {
-                let _ = worker.join();
-            }
-        })
-        .await;
         saver.abort();
         save_states(&states);
 
@@ -346,6 +442,42 @@ impl Pipeline {
             })
             .collect();
         report
+    }
+}
+
+/// What was still in flight when a drain timed out, per sink and stage.
+fn in_flight(
+    sinks: &[(String, Arc<SinkStats>)],
+    dead_letter: &SinkStats,
+    stages: &[(Arc<StageContext>, Arc<StageStats>)],
+    dispatched: &[Arc<AtomicU64>],
+) -> String {
+    let mut parts = Vec::new();
+    for ((context, stats), dispatched) in stages.iter().zip(dispatched) {
+        let done = stats.processed.load(Ordering::Relaxed)
+            + stats.dead_lettered.load(Ordering::Relaxed)
+            + stats.skipped.load(Ordering::Relaxed);
+        let waiting = dispatched.load(Ordering::Relaxed).saturating_sub(done);
+        if waiting > 0 {
+            parts.push(format!("stage `{}`: {waiting} messages in its instances", context.name));
+        }
+    }
+    let dead_letter = ("[dead_letter]".to_string(), dead_letter);
+    let sinks = sinks.iter().map(|(name, stats)| (format!("sink `{name}`"), &**stats)).chain([dead_letter]);
+    for (label, stats) in sinks {
+        let pending = stats.pending.load(Ordering::Relaxed);
+        if pending == 0 {
+            continue;
+        }
+        match stats.last_error.lock().as_deref() {
+            Some(error) => parts.push(format!("{label}: {pending} messages not written (last error: {error})")),
+            None => parts.push(format!("{label}: {pending} messages being written")),
+        }
+    }
+    if parts.is_empty() {
+        "no batch in a stage or sink (a source did not finish)".to_string()
+    } else {
+        parts.join("; ")
     }
 }
 
@@ -373,13 +505,15 @@ fn prepare_stage(
     state_dir: &std::path::Path,
 ) -> Result<PreparedStage, ConfigError> {
     let at = |m: String| config.error_at(&stage.plugin, format!("stage `{}`: {m}", stage.name));
-    let state = StageState::open(state_dir.join(format!("{}.state", stage.name))).map_err(|e| at(format!("{e:#}")))?;
+    let state = StageState::open(state_dir.join(format!("{}.state", stage.name)), stage.state_quota())
+        .map_err(|e| at(format!("{e:#}")))?;
     let context = Arc::new(StageContext {
         name: stage.name.as_str().into(),
         config: stage.plugin_config(),
         state: Arc::new(state),
         counters: Arc::default(),
         limits: stage.limits(),
+        log_rate: Arc::default(),
     });
     let logic = match stage.plugin.get_ref().strip_prefix("native:") {
         Some(name) => StageLogic::Native(

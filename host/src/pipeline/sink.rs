@@ -1,21 +1,30 @@
 //! Runs a sink: batches its input by size and age (and by group, so that one
 //! write receives one group), writes whole batches, and acknowledges them
-//! only once the write succeeded. A failing write is retried with backoff;
-//! meanwhile backpressure holds the pipeline back, and nothing is lost.
+//! only once the write succeeded. A failing write is logged (with the sink's
+//! name and the error) and retried with backoff, `retries` times (or forever
+//! when the sink says `retries = "forever"`); meanwhile backpressure holds
+//! the pipeline back, and nothing is lost. When the retries run out the run
+//! halts with the last error: nothing past what was written is acknowledged.
+//! A batch the sink refuses outright ([`Refused`]) halts the run at once: a
+//! retry would fail the same way forever.
+//!
+//! Once the pipeline is stopping, open batches are written at once,
+//! whatever their `max_wait_ms`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Result;
+use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::ack::done_all;
 use super::batch::{Batch, BatchPolicy, GroupBatch, Groups};
 use super::control::Control;
-use crate::config::GroupBy;
-use crate::connectors::{Sink, SinkSpec};
+use crate::config::{GroupBy, SinkRetries};
+use crate::connectors::{Refused, Sink};
 
 /// Counters of one sink.
 #[derive(Debug, Default)]
@@ -26,34 +35,83 @@ pub struct SinkStats {
     pub writes: AtomicU64,
     /// Failed write attempts (retried).
     pub failed_writes: AtomicU64,
+    /// Messages received and neither written nor given up yet.
+    pub pending: AtomicU64,
+    /// The error of the last failed attempt, until a write succeeds.
+    pub last_error: Mutex<Option<String>>,
 }
 
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How a sink retries a failed write.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    /// Retries after the first attempt, or forever.
+    pub retries: SinkRetries,
+    /// The first backoff; it doubles up to [`MAX_BACKOFF`] (or itself, if
+    /// longer).
+    pub backoff: Duration,
+}
 
-/// Opens and runs a sink until its input closes.
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy { retries: SinkRetries::default(), backoff: Duration::from_millis(100) }
+    }
+}
+
+/// Longest backoff between two write attempts (unless the first is longer).
+pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Attempts logged one by one before the log is limited to one line a second.
+const LOGGED_ATTEMPTS: u32 = 5;
+
+/// Runs an opened sink until its input closes. `label` names it in messages
+/// (`sink \`out\``, `[dead_letter]`).
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn run(
     name: Arc<str>,
-    spec: SinkSpec,
+    label: String,
+    mut sink: Box<dyn Sink>,
     mut input: mpsc::Receiver<Batch>,
     policy: BatchPolicy,
     group_by: Option<GroupBy>,
+    retry: RetryPolicy,
     stats: Arc<SinkStats>,
     control: Control,
 ) -> Result<()> {
-    let mut sink = spec.open().await.map_err(|e| anyhow::anyhow!("sink `{name}`: {e:#}"))?;
     let mut groups = Groups::new(policy);
-    let mut writer = Writer { name: &name, sink: sink.as_mut(), stats: &stats, control: &control };
+    let shutdown = control.shutdown().clone();
+    let mut writer = Writer {
+        name: &name,
+        label: &label,
+        sink: sink.as_mut(),
+        stats: &stats,
+        control: &control,
+        retry,
+        given_up: false,
+    };
+    // Stopping: open batches are written at once, and so is whatever arrives.
+    let mut draining = false;
     loop {
         let deadline = groups.deadline();
         tokio::select! {
             batch = input.recv() => match batch {
                 None => break,
                 Some(batch) => {
+                    stats.pending.fetch_add(batch.len() as u64, Ordering::Relaxed);
                     for (_, full) in group(&mut groups, batch, group_by.as_ref()) {
                         writer.write(full).await;
                     }
+                    if draining {
+                        for (_, rest) in groups.take_all() {
+                            writer.write(rest).await;
+                        }
+                    }
                 }
             },
+            _ = shutdown.cancelled(), if !draining => {
+                draining = true;
+                for (_, rest) in groups.take_all() {
+                    writer.write(rest).await;
+                }
+            }
             _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => {
                 for (_, expired) in groups.take_expired(Instant::now()) {
                     writer.write(expired).await;
@@ -64,7 +122,17 @@ pub(crate) async fn run(
     for (_, rest) in groups.take_all() {
         writer.write(rest).await;
     }
-    sink.close().await.map_err(|e| anyhow::anyhow!("sink `{name}`: closing: {e:#}"))
+    let given_up = writer.given_up;
+    match sink.close().await {
+        // The run already failed with this sink's error: closing it cleanly
+        // matters no more.
+        Err(e) if given_up => {
+            tracing::warn!(sink = &*name, "{label}: closing: {e:#}");
+            Ok(())
+        }
+        Err(e) => Err(anyhow::anyhow!("{label}: closing: {e:#}")),
+        Ok(()) => Ok(()),
+    }
 }
 
 /// Adds `batch` to its group's open batch; returns the batches that filled up.
@@ -88,41 +156,115 @@ fn group(groups: &mut Groups, mut batch: Batch, group_by: Option<&GroupBy>) -> V
 
 struct Writer<'a> {
     name: &'a str,
+    label: &'a str,
     sink: &'a mut dyn Sink,
     stats: &'a SinkStats,
     control: &'a Control,
+    retry: RetryPolicy,
+    /// A batch was refused or its retries ran out: nothing after it may be
+    /// written (it would leave a gap in the output).
+    given_up: bool,
 }
 
 impl Writer<'_> {
-    /// Writes until the sink accepts the batch, then acknowledges it.
+    /// Writes until the sink accepts the batch, then acknowledges it; or
+    /// gives up (halting the run) when the retries run out.
     async fn write(&mut self, batch: Batch) {
         if batch.is_empty() {
             return;
         }
-        let mut backoff = Duration::from_millis(100);
+        let n = batch.len();
+        if self.given_up {
+            // Unacknowledged: delivered again by the next run.
+            self.stats.pending.fetch_sub(n as u64, Ordering::Relaxed);
+            return;
+        }
+        let mut backoff = self.retry.backoff;
+        let max_backoff = MAX_BACKOFF.max(self.retry.backoff);
+        let mut failures = 0u32;
+        let mut last_logged: Option<Instant> = None;
+        let mut unlogged = 0u32;
         loop {
-            match self.sink.write(&batch.messages).await {
+            let error = match self.sink.write(&batch.messages).await {
                 Ok(()) => {
-                    self.stats.written.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    self.stats.written.fetch_add(n as u64, Ordering::Relaxed);
                     self.stats.writes.fetch_add(1, Ordering::Relaxed);
+                    self.stats.pending.fetch_sub(n as u64, Ordering::Relaxed);
+                    if failures > 0 {
+                        *self.stats.last_error.lock() = None;
+                        tracing::info!(
+                            sink = self.name,
+                            "{}: write of {n} messages succeeded after {failures} failed attempts",
+                            self.label
+                        );
+                    }
                     done_all(&batch.tokens);
                     return;
                 }
-                Err(e) => {
-                    self.stats.failed_writes.fetch_add(1, Ordering::Relaxed);
-                    if self.control.is_halted() {
-                        tracing::error!(sink = self.name, "write failed after halt, giving up: {e:#}");
-                        return;
-                    }
-                    tracing::warn!(
-                        sink = self.name,
-                        "write of {} messages failed, retrying in {backoff:?}: {e:#}",
-                        batch.len()
+                Err(e) => e,
+            };
+            self.stats.failed_writes.fetch_add(1, Ordering::Relaxed);
+            failures = failures.saturating_add(1);
+            if let Some(refused) = error.downcast_ref::<Refused>() {
+                self.give_up(n, format!("{}: {refused}", self.label));
+                return;
+            }
+            let text = format!("{error:#}");
+            *self.stats.last_error.lock() = Some(text.clone());
+            if self.control.is_halted() {
+                tracing::error!(
+                    sink = self.name,
+                    "{}: write of {n} messages failed after the pipeline halted, giving up: {text}",
+                    self.label
+                );
+                self.given_up = true;
+                self.stats.pending.fetch_sub(n as u64, Ordering::Relaxed);
+                return;
+            }
+            let attempts = match self.retry.retries {
+                SinkRetries::Bounded(retries) if failures > retries => {
+                    self.give_up(
+                        n,
+                        format!("{}: write of {n} messages failed {failures} times, giving up: {text}", self.label),
                     );
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    return;
+                }
+                SinkRetries::Bounded(retries) => format!("attempt {failures} of {}", retries.saturating_add(1)),
+                SinkRetries::Forever => format!("attempt {failures}, retrying forever"),
+            };
+            // Every attempt is logged, at most one line a second after the
+            // first few (a zero backoff would otherwise flood the log).
+            let now = Instant::now();
+            if failures <= LOGGED_ATTEMPTS || last_logged.is_none_or(|t| now - t >= Duration::from_secs(1)) {
+                let skipped =
+                    if unlogged > 0 { format!(" ({unlogged} more failed attempts not shown)") } else { String::new() };
+                tracing::warn!(
+                    sink = self.name,
+                    "{}: write of {n} messages failed ({attempts}){skipped}, retrying in {backoff:?}: {text}",
+                    self.label
+                );
+                last_logged = Some(now);
+                unlogged = 0;
+            } else {
+                unlogged += 1;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                // Halted meanwhile (elsewhere, or the drain timed out).
+                _ = self.control.halt_signal().cancelled() => {
+                    self.given_up = true;
+                    self.stats.pending.fetch_sub(n as u64, Ordering::Relaxed);
+                    return;
                 }
             }
+            backoff = (backoff * 2).max(Duration::from_millis(1)).min(max_backoff);
         }
+    }
+
+    /// Stops writing for good and halts the run with `reason`.
+    fn give_up(&mut self, n: usize, reason: String) {
+        self.given_up = true;
+        self.stats.pending.fetch_sub(n as u64, Ordering::Relaxed);
+        self.control.halt(reason);
     }
 }

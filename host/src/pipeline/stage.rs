@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
@@ -93,6 +93,13 @@ pub struct Stage {
     pub stats: Arc<StageStats>,
 }
 
+/// Time one batch may spend in calls that trap, in CPU deadlines, before
+/// isolation stops. Bisection finds a poison message in about log2(batch)
+/// traps, and a panic costs microseconds; but a plugin that loops on every
+/// message would cost 2N - 1 deadline-long calls. Past this budget the
+/// messages not yet isolated all fail with the last trap's reason.
+const TRAP_BUDGET_DEADLINES: u32 = 16;
+
 /// A fatal stage error: the plugin cannot even be restarted.
 struct Fatal(String);
 
@@ -102,11 +109,12 @@ pub(crate) struct Worker {
     /// The plugin version this worker runs; `None` for native logic.
     version: Option<Arc<crate::plugin::Plugin>>,
     instance: Option<Runner>,
+    /// Time the batch being processed spent in trapping calls (see
+    /// [`TRAP_BUDGET_DEADLINES`]).
+    batch_trap_time: Duration,
 }
 
 type Result<T> = std::result::Result<T, Fatal>;
-/// A message's outputs, or why it failed.
-type Resolved = std::result::Result<Vec<Output>, String>;
 
 impl Worker {
     /// A worker, optionally starting from an already initialised instance.
@@ -115,7 +123,7 @@ impl Worker {
         version: Option<Arc<crate::plugin::Plugin>>,
         instance: Option<Runner>,
     ) -> Self {
-        Worker { stage, version, instance }
+        Worker { stage, version, instance, batch_trap_time: Duration::ZERO }
     }
 
     /// Between batches: moves to the published plugin version, if it changed.
@@ -171,6 +179,7 @@ impl Worker {
 
     fn process(&mut self, work: Work) -> Result<Outputs> {
         let Batch { messages, tokens, .. } = work.batch;
+        self.batch_trap_time = Duration::ZERO;
         let mut resolved = self.isolate(&messages)?;
         if self.stage.policy.on_error == OnError::Retry {
             self.retry_failed(&messages, &mut resolved)?;
@@ -179,13 +188,24 @@ impl Worker {
         let mut outputs = Outputs::default();
         let mut failures = Failures::default();
         let mut processed = 0;
-        for ((message, token), result) in messages.into_iter().zip(tokens).zip(resolved) {
-            let outs = match result.and_then(|outs| self.check_routes(outs)) {
-                Ok(outs) => outs,
-                Err(reason) => {
+        for ((message, token), outcome) in messages.into_iter().zip(tokens).zip(resolved) {
+            let outs = match outcome {
+                Outcome::Keep => {
+                    processed += 1;
+                    outputs.push(message, token, None);
+                    continue;
+                }
+                Outcome::Fail(reason) => {
                     failures.push(message, token, reason);
                     continue;
                 }
+                Outcome::Emit(outs) => match self.check_routes(outs) {
+                    Ok(outs) => outs,
+                    Err(reason) => {
+                        failures.push(message, token, reason);
+                        continue;
+                    }
+                },
             };
             processed += 1;
             match outs.len() {
@@ -204,7 +224,7 @@ impl Worker {
     }
 
     /// Outputs routed to a name no sink has are a failure of their input.
-    fn check_routes(&self, outputs: Vec<Output>) -> Resolved {
+    fn check_routes(&self, outputs: Vec<Output>) -> std::result::Result<Vec<Output>, String> {
         match outputs.iter().filter_map(|o| o.route.as_deref()).find(|r| self.stage.downstream.route(r).is_none()) {
             Some(route) => Err(format!("output routed to `{route}`, but no sink has route = \"{route}\"")),
             None => Ok(outputs),
@@ -212,28 +232,40 @@ impl Worker {
     }
 
     /// Runs `messages` through the plugin; on a trap, bisects until the
-    /// trapping messages are alone. One result per message, by position.
-    fn isolate(&mut self, messages: &[Message]) -> Result<Vec<Resolved>> {
+    /// trapping messages are alone. One outcome per message, by position.
+    fn isolate(&mut self, messages: &[Message]) -> Result<Vec<Outcome>> {
         if messages.is_empty() {
             return Ok(Vec::new());
         }
+        let started = Instant::now();
         match self.instance()?.process(messages) {
-            Ok(outcomes) => Ok(outcomes
-                .into_iter()
-                .map(|outcome| match outcome {
-                    Outcome::Emit(outputs) => Ok(outputs),
-                    Outcome::Fail(reason) => Err(reason),
-                })
-                .collect()),
+            Ok(outcomes) => Ok(outcomes),
             Err(InstanceError::Trap(reason)) => {
                 self.discard_instance(&reason, messages.len());
+                self.batch_trap_time += started.elapsed();
                 if messages.len() == 1 {
-                    return Ok(vec![Err(reason)]);
+                    return Ok(vec![Outcome::Fail(reason)]);
+                }
+                let budget = self.stage.context.limits.deadline.saturating_mul(TRAP_BUDGET_DEADLINES);
+                if self.batch_trap_time >= budget {
+                    let reason = format!(
+                        "{reason} (not isolated: this batch spent {:.1?} in calls that trapped, the budget of \
+                         {TRAP_BUDGET_DEADLINES} deadlines, so these {} messages fail together)",
+                        self.batch_trap_time,
+                        messages.len()
+                    );
+                    return Ok(vec![Outcome::Fail(reason); messages.len()]);
                 }
                 let (left, right) = messages.split_at(messages.len() / 2);
                 let mut resolved = self.isolate(left)?;
                 resolved.extend(self.isolate(right)?);
                 Ok(resolved)
+            }
+            // The plugin answered, but not in a way that says which message
+            // is at fault: the whole batch fails.
+            Err(InstanceError::Contract(reason)) => {
+                tracing::warn!(stage = &*self.stage.context.name, batch = messages.len(), "{reason}");
+                Ok(vec![Outcome::Fail(reason); messages.len()])
             }
             Err(other) => Err(Fatal(other.to_string())),
         }
@@ -246,10 +278,10 @@ impl Worker {
     }
 
     /// `retry`: runs the failed messages again, with exponential backoff.
-    fn retry_failed(&mut self, messages: &[Message], resolved: &mut [Resolved]) -> Result<()> {
+    fn retry_failed(&mut self, messages: &[Message], resolved: &mut [Outcome]) -> Result<()> {
         let policy = self.stage.policy;
         for attempt in 0..policy.retries {
-            let failed: Vec<usize> = (0..resolved.len()).filter(|&i| resolved[i].is_err()).collect();
+            let failed: Vec<usize> = (0..resolved.len()).filter(|&i| matches!(resolved[i], Outcome::Fail(_))).collect();
             if failed.is_empty() || self.stage.control.is_halted() {
                 break;
             }
@@ -310,6 +342,10 @@ impl Worker {
                 }
                 Err(InstanceError::Trap(reason)) => {
                     self.discard_instance(&reason, messages.len());
+                    last_error = reason;
+                    continue;
+                }
+                Err(InstanceError::Contract(reason)) => {
                     last_error = reason;
                     continue;
                 }

@@ -5,10 +5,13 @@
 //!   artifact messages, so workspace target dirs and renamed crates just work.
 //! - Python folders (`app.py`, or `pyproject.toml` naming the module in
 //!   `[tool.weir] module`) are built with `componentize-py` against the
-//!   `processor` world, with the Python SDK (`sdk/python`) on the path.
+//!   `processor-packed` world, with the Python SDK (`sdk/python`) on the path
+//!   (`[tool.weir] world` pins a hand-written plugin to its world instead).
 //! - JavaScript folders (`package.json`; entry = its `main`, else `index.js`)
-//!   are bundled with rolldown (`weir-sdk` resolved to `sdk/js/weir.js`) and
-//!   built with `componentize-js` against the `processor` world.
+//!   are bundled with rolldown (`weir-sdk` resolved to `sdk/js/weir.js`)
+//!   behind a generated entry that exports the `processor-packed` world, and
+//!   built with `componentize-js` (`"weir": {"world": ...}` in package.json
+//!   builds the entry as it is against that world instead).
 //!
 //! Python and JavaScript components land in `DIR/target/weir/NAME.wasm`; a
 //! build whose inputs (sources, SDK, WIT) did not change is skipped.
@@ -69,31 +72,97 @@ pub fn sdk_dir() -> PathBuf {
     }
 }
 
-/// Builds the plugin in `dir` and returns the path of the component.
-/// Compiler output goes to this process's stderr as it happens.
-pub fn build(dir: &Path) -> Result<PathBuf> {
-    match detect(dir)? {
-        Language::Rust => build_rust(dir),
-        Language::Python => build_python(dir),
-        Language::JavaScript => build_js(dir),
+/// Which form of the weir worlds an SDK plugin is built against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Abi {
+    /// The packed worlds (`processor-packed`, `aggregator-packed`): one buffer
+    /// per batch. What the SDKs build by default.
+    #[default]
+    Packed,
+    /// The record worlds (`processor`, `aggregator`): typed WIT records. The
+    /// same plugin source, for comparison and conformance tests.
+    Record,
+}
+
+impl Abi {
+    /// Appended to the component's file name, so both forms can coexist.
+    fn file_suffix(self) -> &'static str {
+        match self {
+            Abi::Packed => "",
+            Abi::Record => ".record",
+        }
+    }
+
+    /// The processor world of this form, as componentize tools name it.
+    pub fn processor_world(self) -> &'static str {
+        match self {
+            Abi::Packed => "processor-packed",
+            Abi::Record => "processor",
+        }
     }
 }
 
-fn build_rust(dir: &Path) -> Result<PathBuf> {
+/// Builds the plugin in `dir` and returns the path of the component.
+/// Compiler output goes to this process's stderr as it happens.
+pub fn build(dir: &Path) -> Result<PathBuf> {
+    build_abi(dir, Abi::default())
+}
+
+/// Builds the plugin in `dir` against the given form of the worlds. For a
+/// plugin written against the WIT by hand (no weir SDK), the source decides
+/// the world and `Abi::Packed` simply builds it as it is.
+pub fn build_abi(dir: &Path, abi: Abi) -> Result<PathBuf> {
+    match detect(dir)? {
+        Language::Rust => build_rust(dir, abi),
+        Language::Python => build_python(dir, abi),
+        Language::JavaScript => build_js(dir, abi, false),
+    }
+}
+
+/// Builds a JavaScript plugin ahead of time: componentize-js `--aot`, which
+/// specialises SpiderMonkey's interpreter to the plugin's code with weval
+/// (found as `WEIR_WEVAL`, else `weval` on the PATH). Written as `NAME.aot.wasm`.
+pub fn build_aot(dir: &Path, abi: Abi) -> Result<PathBuf> {
+    match detect(dir)? {
+        Language::JavaScript => build_js(dir, abi, true),
+        _ => bail!("--aot applies to JavaScript plugins only: {} is not one", dir.display()),
+    }
+}
+
+fn build_rust(dir: &Path, abi: Abi) -> Result<PathBuf> {
+    let wasm = cargo_build(dir, abi)?;
+    if abi == Abi::Packed {
+        return Ok(wasm);
+    }
+    // Both forms share cargo's output path: keep this one under its own
+    // name, and put the default build back where cargo (and users) expect it.
+    let renamed = wasm.with_file_name(format!(
+        "{}{}.wasm",
+        wasm.file_stem().unwrap_or_default().to_string_lossy(),
+        abi.file_suffix()
+    ));
+    std::fs::copy(&wasm, &renamed).with_context(|| format!("copying {} to {}", wasm.display(), renamed.display()))?;
+    cargo_build(dir, Abi::Packed)?;
+    Ok(renamed)
+}
+
+/// One `cargo build` of a plugin crate; returns the component's path.
+fn cargo_build(dir: &Path, abi: Abi) -> Result<PathBuf> {
     let manifest = dir.join("Cargo.toml").canonicalize().with_context(|| format!("reading {}", dir.display()))?;
-    let mut child = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-        // DWARF is ~95% of a plugin and slows every compile; panics keep
-        // their file:line without it.
+    let mut command = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    // DWARF is ~95% of a plugin and slows every compile; panics keep
+    // their file:line without it.
+    command
         .args(["build", "--release", "--target", TARGET, "--config", "profile.release.strip=\"debuginfo\""])
         .args(["--message-format=json-render-diagnostics", "--manifest-path"])
-        .arg(&manifest)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => anyhow::anyhow!("cargo not found: install Rust from https://rustup.rs"),
-            _ => anyhow::anyhow!("cannot run cargo: {e}"),
-        })?;
+        .arg(&manifest);
+    if abi == Abi::Record {
+        command.args(["--features", "weir-sdk/record-world"]);
+    }
+    let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => anyhow::anyhow!("cargo not found: install Rust from https://rustup.rs"),
+        _ => anyhow::anyhow!("cannot run cargo: {e}"),
+    })?;
 
     // Relay diagnostics while cargo runs; remember them to explain failures.
     let stderr = child.stderr.take().expect("piped stderr");
@@ -153,7 +222,7 @@ fn component_name(dir: &Path) -> String {
 /// Hashes every file that shapes the component, so an unchanged plugin is not
 /// rebuilt (a Python build takes ~20 s, a JS one ~40 s).
 fn inputs_hash(dir: &Path, extra: &[PathBuf], salt: &str) -> String {
-    fn walk(root: &Path, dir: &Path, files: &mut Vec<PathBuf>) {
+    fn walk(dir: &Path, files: &mut Vec<PathBuf>) {
         let Ok(entries) = std::fs::read_dir(dir) else { return };
         for entry in entries.flatten() {
             let path = entry.path();
@@ -162,16 +231,16 @@ fn inputs_hash(dir: &Path, extra: &[PathBuf], salt: &str) -> String {
                 continue;
             }
             if path.is_dir() {
-                walk(root, &path, files);
+                walk(&path, files);
             } else {
                 files.push(path);
             }
         }
     }
     let mut files = Vec::new();
-    walk(dir, dir, &mut files);
+    walk(dir, &mut files);
     for path in extra {
-        if path.is_dir() { walk(path, path, &mut files) } else { files.push(path.clone()) }
+        if path.is_dir() { walk(path, &mut files) } else { files.push(path.clone()) }
     }
     files.sort();
     let mut hasher = blake3::Hasher::new();
@@ -229,37 +298,55 @@ fn run_tool(mut command: Command, tool: &str, install: &str) -> Result<()> {
     Ok(())
 }
 
-/// The Python module a folder builds: `app`, or `[tool.weir] module` in
-/// `pyproject.toml`.
-fn python_module(dir: &Path) -> Result<String> {
+/// The Python module a folder builds (`app`, or `[tool.weir] module` in
+/// `pyproject.toml`) and the world `[tool.weir] world` pins it to, if any.
+fn python_module(dir: &Path) -> Result<(String, Option<&'static str>)> {
     let pyproject = dir.join("pyproject.toml");
+    let mut module = None;
+    let mut pinned = None;
     if pyproject.is_file() {
         let text = std::fs::read_to_string(&pyproject).with_context(|| format!("reading {}", pyproject.display()))?;
         let doc: toml::Table = text.parse().with_context(|| format!("parsing {}", pyproject.display()))?;
-        if let Some(module) = doc.get("tool").and_then(|t| t.get("weir")).and_then(|w| w.get("module")) {
-            return module
+        let weir = doc.get("tool").and_then(|t| t.get("weir"));
+        if let Some(name) = weir.and_then(|w| w.get("module")) {
+            let name = name
                 .as_str()
-                .map(str::to_string)
-                .with_context(|| format!("{}: [tool.weir] module must be a string", pyproject.display()));
+                .with_context(|| format!("{}: [tool.weir] module must be a string", pyproject.display()))?;
+            module = Some(name.to_string());
+        }
+        if let Some(world) = weir.and_then(|w| w.get("world")) {
+            let found =
+                [Abi::Record, Abi::Packed].map(Abi::processor_world).into_iter().find(|w| world.as_str() == Some(w));
+            pinned = Some(found.with_context(|| {
+                format!(
+                    "{}: [tool.weir] world = {world} must be \"processor\" or \"processor-packed\"",
+                    pyproject.display()
+                )
+            })?);
         }
     }
-    if dir.join("app.py").is_file() {
-        return Ok("app".into());
+    match module {
+        Some(module) => Ok((module, pinned)),
+        None if dir.join("app.py").is_file() => Ok(("app".into(), pinned)),
+        None => bail!("{}: no app.py, and pyproject.toml names no module in [tool.weir] module", dir.display()),
     }
-    bail!("{}: no app.py, and pyproject.toml names no module in [tool.weir] module", dir.display())
 }
 
-fn build_python(dir: &Path) -> Result<PathBuf> {
+fn build_python(dir: &Path, abi: Abi) -> Result<PathBuf> {
     let dir = dir.canonicalize().with_context(|| format!("reading {}", dir.display()))?;
-    let module = python_module(&dir)?;
+    let (module, pinned) = python_module(&dir)?;
+    // The SDK exports both worlds; a plugin written against the WIT by hand
+    // pins the one it implements.
+    let world = pinned.unwrap_or(abi.processor_world());
     let sdk = sdk_dir().join("python");
     if !sdk.join("weir_sdk").is_dir() {
         bail!("the weir Python SDK is not at {} (set WEIR_SDK_DIR to the weir sdk/ folder)", sdk.display());
     }
     let out = out_dir(&dir);
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    let wasm = out.join(format!("{}.wasm", component_name(&dir)));
-    let hash = inputs_hash(&dir, &[sdk.join("weir_sdk")], &format!("python {module} {COMPONENTIZE_PY_VERSION}"));
+    let wasm = out.join(format!("{}{}.wasm", component_name(&dir), abi.file_suffix()));
+    let hash =
+        inputs_hash(&dir, &[sdk.join("weir_sdk")], &format!("python {module} {COMPONENTIZE_PY_VERSION} {world}"));
     cached(&wasm, &hash, || {
         let wit = wit_dir(&dir, &out)?;
         let tool = std::env::var_os("WEIR_COMPONENTIZE_PY").unwrap_or_else(|| "componentize-py".into());
@@ -267,7 +354,7 @@ fn build_python(dir: &Path) -> Result<PathBuf> {
         command
             .arg("-d")
             .arg(&wit)
-            .args(["-w", "processor", "componentize", &module, "-p"])
+            .args(["-w", world, "componentize", &module, "-p"])
             .arg(&dir)
             .arg("-p")
             .arg(&sdk)
@@ -275,7 +362,18 @@ fn build_python(dir: &Path) -> Result<PathBuf> {
             .arg(&wasm)
             .current_dir(&out);
         eprintln!("building {} with componentize-py", dir.display());
-        run_tool(command, "componentize-py", &format!("pip install componentize-py=={COMPONENTIZE_PY_VERSION}"))
+        let built =
+            run_tool(command, "componentize-py", &format!("pip install componentize-py=={COMPONENTIZE_PY_VERSION}"));
+        match pinned {
+            None => built.with_context(|| {
+                format!(
+                    "building {} against {world} (a plugin written against the WIT without weir_sdk names its \
+                     world in pyproject.toml: `[tool.weir] world = \"processor\"`)",
+                    dir.display()
+                )
+            }),
+            Some(_) => built,
+        }
     })
 }
 
@@ -287,8 +385,9 @@ fn node_tool(dir: &Path, sdk: &Path, name: &str) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(name))
 }
 
-/// The entry module of a JS plugin: package.json's `main`, else `index.js`.
-fn js_entry(dir: &Path) -> Result<PathBuf> {
+/// The entry module of a JS plugin (package.json's `main`, else `index.js`)
+/// and the world package.json pins it to (`"weir": {"world": ...}`), if any.
+fn js_entry(dir: &Path) -> Result<(PathBuf, Option<&'static str>)> {
     let manifest = dir.join("package.json");
     let text = std::fs::read_to_string(&manifest).with_context(|| format!("reading {}", manifest.display()))?;
     let doc: serde_json::Value =
@@ -297,12 +396,44 @@ fn js_entry(dir: &Path) -> Result<PathBuf> {
     if !entry.is_file() {
         bail!("{}: the entry module {} does not exist (set `main`)", manifest.display(), entry.display());
     }
-    Ok(entry)
+    let world = &doc["weir"]["world"];
+    if world.is_null() {
+        return Ok((entry, None));
+    }
+    match [Abi::Record, Abi::Packed].map(Abi::processor_world).into_iter().find(|w| world.as_str() == Some(w)) {
+        Some(pinned) => Ok((entry, Some(pinned))),
+        None => bail!(
+            "{}: \"weir\": {{\"world\": {world}}} must be \"processor\" or \"processor-packed\"",
+            manifest.display()
+        ),
+    }
 }
 
-fn build_js(dir: &Path) -> Result<PathBuf> {
+/// A path as a JS string literal.
+fn js_string(path: &Path) -> String {
+    serde_json::to_string(&path.to_string_lossy()).expect("serialising a string")
+}
+
+/// The entry `weir build` bundles for the packed world: it re-exports the
+/// plugin's `init` and picks its `processPacked` (see `packedExport` in
+/// `sdk/js/packed.js`), so `export const { init, process } = processor(..)`
+/// builds unchanged.
+fn js_packed_entry(entry: &Path, sdk: &Path) -> String {
+    format!(
+        "// Generated by `weir build`: the processor-packed world of {name}.\n\
+         import * as plugin from {entry};\n\
+         import {{ packedExport }} from {packed};\n\
+         export const init = plugin.init;\n\
+         export const processPacked = packedExport(plugin);\n",
+        name = entry.file_name().unwrap_or_default().to_string_lossy(),
+        entry = js_string(entry),
+        packed = js_string(&sdk.join("packed.js")),
+    )
+}
+
+fn build_js(dir: &Path, abi: Abi, aot: bool) -> Result<PathBuf> {
     let dir = dir.canonicalize().with_context(|| format!("reading {}", dir.display()))?;
-    let entry = js_entry(&dir)?;
+    let (entry, pinned) = js_entry(&dir)?;
     let sdk = sdk_dir().join("js");
     if !sdk.join("weir.js").is_file() {
         bail!("the weir JavaScript SDK is not at {} (set WEIR_SDK_DIR to the weir sdk/ folder)", sdk.display());
@@ -310,10 +441,20 @@ fn build_js(dir: &Path) -> Result<PathBuf> {
     let install = format!("npm install --prefix {}", sdk.display());
     let out = out_dir(&dir);
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    let wasm = out.join(format!("{}.wasm", component_name(&dir)));
-    let hash = inputs_hash(&dir, &[sdk.join("weir.js"), sdk.join("package-lock.json")], "js");
+    let aot_suffix = if aot { ".aot" } else { "" };
+    let wasm = out.join(format!("{}{}{aot_suffix}.wasm", component_name(&dir), abi.file_suffix()));
+    let sdk_files = [sdk.join("weir.js"), sdk.join("packed.js"), sdk.join("package-lock.json")];
+    let hash = inputs_hash(&dir, &sdk_files, &format!("js {abi:?} {pinned:?} aot={aot}"));
     cached(&wasm, &hash, || {
         let wit = wit_dir(&dir, &out)?;
+        let weval = if aot {
+            Some(weval_bin().context(
+                "weval not found (componentize-js would download it from GitHub): install it with \
+                 `cargo install weval --version 0.5.0`, or set WEIR_WEVAL to its path",
+            )?)
+        } else {
+            None
+        };
         let node = Command::new("node").arg("--version").output();
         if node.is_err() {
             bail!("node not found: install Node.js 20 or later (e.g. `apt-get install nodejs npm`), then `{install}`");
@@ -325,17 +466,28 @@ fn build_js(dir: &Path) -> Result<PathBuf> {
                 bail!("{} not found: install it with `{install}`", tool.display());
             }
         }
+        // A plugin pinned to a world, or built for the record world, is
+        // bundled as it is; otherwise behind the generated packed entry.
+        let (input, world) = match (pinned, abi) {
+            (Some(world), _) => (entry.clone(), world),
+            (None, Abi::Record) => (entry.clone(), Abi::Record.processor_world()),
+            (None, Abi::Packed) => {
+                let generated = out.join("entry.js");
+                std::fs::write(&generated, js_packed_entry(&entry, &sdk))
+                    .with_context(|| format!("writing {}", generated.display()))?;
+                (generated, Abi::Packed.processor_world())
+            }
+        };
         // Bundle: one ES module with `weir-sdk` inlined and the WIT imports
         // left to componentize-js.
         let bundle = out.join("bundle.js");
         let config = out.join("rolldown.config.mjs");
-        let js_string = |p: &Path| serde_json::to_string(&p.to_string_lossy()).expect("serialising a string");
         std::fs::write(
             &config,
             format!(
                 "export default {{\n  input: {entry},\n  external: [/^weir:/, /^wasi:/],\n  platform: \"neutral\",\n  \
                  resolve: {{ alias: {{ \"weir-sdk\": {sdk} }} }},\n  output: {{ file: {bundle}, format: \"esm\" }},\n}};\n",
-                entry = js_string(&entry),
+                entry = js_string(&input),
                 sdk = js_string(&sdk.join("weir.js")),
                 bundle = js_string(&bundle),
             ),
@@ -351,12 +503,23 @@ fn build_js(dir: &Path) -> Result<PathBuf> {
             .arg(&bundle)
             .arg("--wit")
             .arg(&wit)
-            .args(["--world-name", "processor", "-d", "http", "fetch-event", "-o"])
+            .args(["--world-name", world, "-d", "http", "fetch-event", "-o"])
             .arg(&wasm)
             .current_dir(&out);
-        eprintln!("building {} with componentize-js", dir.display());
+        if let Some(weval) = &weval {
+            command.arg("--aot").arg("--weval-bin").arg(weval);
+        }
+        eprintln!("building {} with componentize-js{}", dir.display(), if aot { " --aot" } else { "" });
         run_tool(command, "componentize-js", &install)
     })
+}
+
+/// The weval binary for `--aot` builds: `WEIR_WEVAL`, else `weval` on the PATH.
+fn weval_bin() -> Option<PathBuf> {
+    match std::env::var_os("WEIR_WEVAL") {
+        Some(path) if !path.is_empty() => Some(PathBuf::from(path)).filter(|p| p.is_file()),
+        _ => which(Path::new("weval")),
+    }
 }
 
 /// Finds a program on the PATH.

@@ -2,17 +2,17 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use parking_lot::Mutex;
-use wasmtime::component::{Component, Linker};
+use wasmtime::component::Linker;
 use wasmtime::{Config, Engine};
 
-use super::bindings::{aggregator, processor};
+use super::bindings::{aggregator, aggregator_packed, processor, processor_packed};
 use super::cache::ComponentCache;
-use super::inspect::{self, World};
+use super::inspect::{self, Encoding, World};
 use super::instance::InstanceState;
 use super::{Plugin, PluginInner, Pre, VersionId};
 
@@ -29,9 +29,12 @@ struct RuntimeInner {
     engine: Engine,
     linker: Linker<InstanceState>,
     disk_cache: ComponentCache,
-    /// Components already compiled in this process, by content hash: stages
-    /// sharing a plugin, and swaps back to an earlier version, reuse them.
-    loaded: Mutex<HashMap<VersionId, Component>>,
+    /// Plugins loaded in this process and still in use, by content hash:
+    /// stages sharing a plugin, and a swap back to a version something still
+    /// holds (the previous one, kept for rollback), reuse them. Weak: a
+    /// version nothing runs or keeps any more is freed with its compiled
+    /// code (a later load of it reads the disk cache).
+    loaded: Mutex<HashMap<VersionId, Weak<PluginInner>>>,
 }
 
 impl Runtime {
@@ -49,6 +52,7 @@ impl Runtime {
 
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(anyhow::Error::from).context("linking WASI")?;
+        super::clock::add_to_linker(&mut linker).map_err(anyhow::Error::from).context("linking the guest clock")?;
         processor::weir::processor::host::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)
             .map_err(anyhow::Error::from)
             .context("linking the weir host interface")?;
@@ -68,6 +72,13 @@ impl Runtime {
         &self.inner.engine
     }
 
+    /// How many plugin versions loaded by this runtime are still in memory
+    /// (held by a stage, a worker or a caller); the runtime itself keeps
+    /// none alive.
+    pub fn loaded_versions(&self) -> usize {
+        self.inner.loaded.lock().values().filter(|plugin| plugin.strong_count() > 0).count()
+    }
+
     /// Loads a component file. See [`Runtime::load_bytes`].
     pub fn load_file(&self, path: &Path) -> Result<Plugin> {
         let bytes = std::fs::read(path).with_context(|| format!("cannot read plugin {}", path.display()))?;
@@ -81,31 +92,37 @@ impl Runtime {
     pub fn load_bytes(&self, bytes: &[u8]) -> Result<Plugin> {
         inspect::check_is_component(bytes)?;
         let version = VersionId::of(bytes);
-        let component = self.compile(&version, bytes)?;
-        let world = inspect::world_of(&self.inner.engine, &component)?;
-        let instance_pre = self.inner.linker.instantiate_pre(&component).map_err(inspect::explain_link_error)?;
-        let pre = match world {
-            World::Processor => {
-                Pre::Processor(processor::ProcessorPre::new(instance_pre).map_err(inspect::explain_export_error)?)
-            }
-            World::Aggregator => {
-                Pre::Aggregator(aggregator::AggregatorPre::new(instance_pre).map_err(inspect::explain_export_error)?)
-            }
-        };
-        Ok(Plugin { inner: Arc::new(PluginInner { version, world, pre, engine: self.inner.engine.clone() }) })
-    }
-
-    fn compile(&self, version: &VersionId, bytes: &[u8]) -> Result<Component> {
-        if let Some(component) = self.inner.loaded.lock().get(version) {
-            return Ok(component.clone());
+        if let Some(inner) = self.inner.loaded.lock().get(&version).and_then(Weak::upgrade) {
+            return Ok(Plugin { inner });
         }
         let component = self
             .inner
             .disk_cache
-            .load(&self.inner.engine, version, bytes)
+            .load(&self.inner.engine, &version, bytes)
             .map_err(|e| anyhow::anyhow!("not a valid WebAssembly component: {e:#}"))?;
-        self.inner.loaded.lock().insert(version.clone(), component.clone());
-        Ok(component)
+        let (world, encoding) = inspect::world_of(&self.inner.engine, &component)?;
+        let instance_pre = self.inner.linker.instantiate_pre(&component).map_err(inspect::explain_link_error)?;
+        let explain = inspect::explain_export_error;
+        let pre = match (world, encoding) {
+            (World::Processor, Encoding::Records) => {
+                Pre::Processor(processor::ProcessorPre::new(instance_pre).map_err(explain)?)
+            }
+            (World::Aggregator, Encoding::Records) => {
+                Pre::Aggregator(aggregator::AggregatorPre::new(instance_pre).map_err(explain)?)
+            }
+            (World::Processor, Encoding::Packed) => {
+                Pre::ProcessorPacked(processor_packed::ProcessorPackedPre::new(instance_pre).map_err(explain)?)
+            }
+            (World::Aggregator, Encoding::Packed) => {
+                Pre::AggregatorPacked(aggregator_packed::AggregatorPackedPre::new(instance_pre).map_err(explain)?)
+            }
+        };
+        let engine = self.inner.engine.clone();
+        let inner = Arc::new(PluginInner { version: version.clone(), world, encoding, pre, component, engine });
+        let mut loaded = self.inner.loaded.lock();
+        loaded.retain(|_, plugin| plugin.strong_count() > 0);
+        loaded.insert(version, Arc::downgrade(&inner));
+        Ok(Plugin { inner })
     }
 }
 
@@ -129,8 +146,8 @@ impl Runtime {
     /// Loads a component and describes it (for `weir check`).
     pub fn describe(&self, bytes: &[u8]) -> Result<(Plugin, inspect::Description)> {
         let plugin = self.load_bytes(bytes)?;
-        let component = self.compile(plugin.version(), bytes)?;
-        let description = inspect::describe(&self.inner.engine, &component, plugin.world());
+        let component = &plugin.inner.component;
+        let description = inspect::describe(&self.inner.engine, component, plugin.world(), plugin.encoding());
         Ok((plugin, description))
     }
 }

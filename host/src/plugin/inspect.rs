@@ -17,19 +17,42 @@ pub enum World {
     Aggregator,
 }
 
+/// How a batch crosses the boundary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Encoding {
+    /// The record worlds: a `list<message>` of typed WIT records.
+    Records,
+    /// The packed worlds: one `list<u8>` per batch (`docs/packed-abi.md`).
+    Packed,
+}
+
 impl World {
-    /// The world's WIT name.
-    pub fn wit_name(self) -> &'static str {
-        match self {
-            World::Processor => "weir:processor/processor@0.1.0",
-            World::Aggregator => "weir:processor/aggregator@0.1.0",
+    /// The WIT name of this world in `encoding`.
+    pub fn wit_name(self, encoding: Encoding) -> &'static str {
+        match (self, encoding) {
+            (World::Processor, Encoding::Records) => "weir:processor/processor@0.1.0",
+            (World::Aggregator, Encoding::Records) => "weir:processor/aggregator@0.1.0",
+            (World::Processor, Encoding::Packed) => "weir:processor/processor-packed@0.1.0",
+            (World::Aggregator, Encoding::Packed) => "weir:processor/aggregator-packed@0.1.0",
         }
     }
 
-    fn entry_point(self) -> &'static str {
-        match self {
-            World::Processor => "process",
-            World::Aggregator => "process-batch",
+    /// The world's name within the package: `processor-packed`, ...
+    pub fn short_name(self, encoding: Encoding) -> &'static str {
+        match (self, encoding) {
+            (World::Processor, Encoding::Records) => "processor",
+            (World::Aggregator, Encoding::Records) => "aggregator",
+            (World::Processor, Encoding::Packed) => "processor-packed",
+            (World::Aggregator, Encoding::Packed) => "aggregator-packed",
+        }
+    }
+
+    fn entry_point(self, encoding: Encoding) -> &'static str {
+        match (self, encoding) {
+            (World::Processor, Encoding::Records) => "process",
+            (World::Aggregator, Encoding::Records) => "process-batch",
+            (World::Processor, Encoding::Packed) => "process-packed",
+            (World::Aggregator, Encoding::Packed) => "process-batch-packed",
         }
     }
 }
@@ -61,27 +84,42 @@ pub fn check_is_component(bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// Finds which weir world a compiled component implements.
-pub fn world_of(engine: &Engine, component: &Component) -> Result<World> {
+/// The entry points that identify each world.
+const ENTRY_POINTS: [(World, Encoding); 4] = [
+    (World::Processor, Encoding::Records),
+    (World::Aggregator, Encoding::Records),
+    (World::Processor, Encoding::Packed),
+    (World::Aggregator, Encoding::Packed),
+];
+
+/// Finds which weir world (and encoding) a compiled component implements.
+pub fn world_of(engine: &Engine, component: &Component) -> Result<(World, Encoding)> {
     let ty = component.component_type();
     let exported: Vec<&str> = ty.exports(engine).map(|(name, _)| name).collect();
     let has = |name: &str| exported.contains(&name);
-    let world = match (has("process"), has("process-batch")) {
-        (true, false) => World::Processor,
-        (false, true) => World::Aggregator,
-        (true, true) => {
-            bail!("component exports both `process` and `process-batch`: a plugin implements exactly one weir world")
-        }
-        (false, false) => bail!(
-            "component does not implement a weir world: it exports neither `process` (processor) nor \
-             `process-batch` (aggregator); its exports are [{}]",
+    let found: Vec<(World, Encoding)> =
+        ENTRY_POINTS.into_iter().filter(|&(world, encoding)| has(world.entry_point(encoding))).collect();
+    let (world, encoding) = match found[..] {
+        [one] => one,
+        [] => bail!(
+            "component does not implement a weir world: it exports none of `process` (processor), \
+             `process-batch` (aggregator), `process-packed` (processor-packed) or `process-batch-packed` \
+             (aggregator-packed); its exports are [{}]",
             exported.join(", ")
+        ),
+        _ => bail!(
+            "component exports several weir entry points ({}): a plugin implements exactly one weir world",
+            found.iter().map(|&(w, e)| format!("`{}`", w.entry_point(e))).collect::<Vec<_>>().join(", ")
         ),
     };
     if !has("init") {
-        bail!("component looks like a {world} (it exports `{}`) but does not export `init`", world.entry_point());
+        bail!(
+            "component looks like a {} (it exports `{}`) but does not export `init`",
+            world.short_name(encoding),
+            world.entry_point(encoding)
+        );
     }
-    Ok(world)
+    Ok((world, encoding))
 }
 
 /// Rewords a failed `instantiate_pre`: the usual cause is an import weir does
@@ -100,6 +138,8 @@ pub fn explain_export_error(error: wasmtime::Error) -> anyhow::Error {
 pub struct Description {
     /// The weir world it implements.
     pub world: World,
+    /// Record or packed form of the world.
+    pub encoding: Encoding,
     /// Exported names.
     pub exports: Vec<String>,
     /// Imported interfaces and functions.
@@ -107,14 +147,14 @@ pub struct Description {
 }
 
 /// Lists a component's exports and imports.
-pub fn describe(engine: &Engine, component: &Component, world: World) -> Description {
+pub fn describe(engine: &Engine, component: &Component, world: World, encoding: Encoding) -> Description {
     let ty = component.component_type();
     let mut exports = Vec::new();
     for (name, item) in ty.exports(engine) {
         exports.push(format!("{name}{}", kind_suffix(&item.ty)));
     }
     let imports = ty.imports(engine).map(|(name, item)| format!("{name}{}", kind_suffix(&item.ty))).collect();
-    Description { world, exports, imports }
+    Description { world, encoding, exports, imports }
 }
 
 fn kind_suffix(item: &ComponentItem) -> &'static str {

@@ -9,6 +9,7 @@
 pub mod bindings;
 pub mod build;
 mod cache;
+mod clock;
 mod engine;
 pub mod inspect;
 mod instance;
@@ -19,9 +20,10 @@ pub mod swap;
 pub mod watch;
 
 pub use engine::Runtime;
-pub use inspect::World;
+pub use inspect::{Encoding, World};
 pub use instance::{Instance, InstanceError, StageContext};
 pub use limits::Limits;
+pub use logging::LogRate;
 
 use std::fmt;
 use std::sync::Arc;
@@ -69,13 +71,18 @@ pub struct Plugin {
 struct PluginInner {
     version: VersionId,
     world: World,
+    encoding: Encoding,
     pre: Pre,
+    /// The compiled code (also held by `pre`; kept for `weir check`).
+    component: wasmtime::component::Component,
     engine: wasmtime::Engine,
 }
 
 enum Pre {
     Processor(bindings::processor::ProcessorPre<instance::InstanceState>),
     Aggregator(bindings::aggregator::AggregatorPre<instance::InstanceState>),
+    ProcessorPacked(bindings::processor_packed::ProcessorPackedPre<instance::InstanceState>),
+    AggregatorPacked(bindings::aggregator_packed::AggregatorPackedPre<instance::InstanceState>),
 }
 
 impl Plugin {
@@ -88,10 +95,19 @@ impl Plugin {
     pub fn world(&self) -> World {
         self.inner.world
     }
+
+    /// Whether the world is a record or a packed one.
+    pub fn encoding(&self) -> Encoding {
+        self.inner.encoding
+    }
 }
 
 impl fmt::Debug for Plugin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Plugin").field("version", &self.inner.version).field("world", &self.inner.world).finish()
+        f.debug_struct("Plugin")
+            .field("version", &self.inner.version)
+            .field("world", &self.inner.world)
+            .field("encoding", &self.inner.encoding)
+            .finish()
     }
 }

@@ -8,16 +8,23 @@
 //! any step is refused: the old one keeps running and the refusal is kept for
 //! the admin API. The stage's state and counters belong to the stage, not the
 //! version, so they carry over.
+//!
+//! Old versions are released: a stage keeps the running version and one
+//! previous version (for rollback), nothing more. Any older version is freed,
+//! compiled code included, as soon as no worker runs it any more (a worker
+//! moves to the new version before its next batch; an idle worker keeps its
+//! version until its next batch arrives). [`StageStatus::live_versions`]
+//! counts the versions of a stage still in memory.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use serde::Serialize;
 
-use super::{Instance, Plugin, Runtime, StageContext, World};
+use super::{Instance, Plugin, PluginInner, Runtime, StageContext, World};
 
 /// A stage's swappable plugin.
 pub struct HotPlugin {
@@ -32,9 +39,26 @@ pub struct HotPlugin {
 
 #[derive(Default)]
 struct History {
+    /// The one version kept for rollback; older ones are not held here.
     previous: Option<Plugin>,
     last_swap: Option<SystemTime>,
     last_refused: Option<Refusal>,
+    /// Every version this stage has run that may still be in memory (weak:
+    /// this list keeps none of them alive); pruned on each swap.
+    seen: Vec<Weak<PluginInner>>,
+}
+
+impl History {
+    fn saw(&mut self, plugin: &Plugin) {
+        self.seen.retain(|v| v.strong_count() > 0);
+        if !self.seen.iter().any(|v| std::ptr::eq(v.as_ptr(), Arc::as_ptr(&plugin.inner))) {
+            self.seen.push(Arc::downgrade(&plugin.inner));
+        }
+    }
+
+    fn live(&self) -> usize {
+        self.seen.iter().filter(|v| v.strong_count() > 0).count()
+    }
 }
 
 /// A version that was not taken, and why.
@@ -76,6 +100,10 @@ pub struct StageStatus {
     pub last_refused: Option<Refusal>,
     /// Where the plugin is loaded from.
     pub origin: String,
+    /// Versions of this stage still in memory: the running one, the previous
+    /// one (kept for rollback) and, briefly, any a worker is still finishing
+    /// a batch on. Older versions are freed.
+    pub live_versions: usize,
 }
 
 fn epoch_ms(t: SystemTime) -> u64 {
@@ -85,13 +113,15 @@ fn epoch_ms(t: SystemTime) -> u64 {
 impl HotPlugin {
     /// Wraps the stage's first version.
     pub fn new(runtime: Runtime, context: Arc<StageContext>, plugin: Plugin, origin: PathBuf) -> Self {
+        let mut history = History::default();
+        history.saw(&plugin);
         HotPlugin {
             runtime,
             context,
             world: plugin.world(),
             origin,
             current: ArcSwap::from_pointee(plugin),
-            history: Mutex::default(),
+            history: Mutex::new(history),
         }
     }
 
@@ -158,8 +188,11 @@ impl HotPlugin {
 
     fn publish(&self, plugin: Plugin, prepare: Duration) -> Swapped {
         let mut history = self.history.lock();
+        history.saw(&plugin);
         let old = self.current.swap(Arc::new(plugin));
         let swapped = Swapped { from: old.version().short(), to: self.current.load().version().short(), prepare };
+        // Replacing `previous` drops this stage's hold on the version before
+        // it: once no worker runs that one, its compiled code is freed.
         history.previous = Some((*old).clone());
         history.last_swap = Some(SystemTime::now());
         tracing::info!(
@@ -183,6 +216,7 @@ impl HotPlugin {
             last_swap_ms: history.last_swap.map(epoch_ms),
             last_refused: history.last_refused.clone(),
             origin: self.origin.display().to_string(),
+            live_versions: history.live(),
         }
     }
 }

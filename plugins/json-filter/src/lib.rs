@@ -10,9 +10,12 @@
 //!   messages that do *not* match instead. A missing field never matches.
 //!
 //! A value that is not JSON fails the message.
+//!
+//! The filter only reads: it decides in place, and a kept message is
+//! forwarded without being copied.
 
 use serde_json::Value;
-use weir_sdk::{Config, Message, Outcome, Processor};
+use weir_sdk::{Config, Decision, Message, MessageRef, Outcome, Processor};
 
 struct JsonFilter {
     path: Vec<String>,
@@ -29,13 +32,27 @@ impl Processor for JsonFilter {
         })
     }
 
+    fn decide_in_place(&mut self, message: MessageRef<'_>) -> Option<Decision> {
+        Some(self.decide(message))
+    }
+
     fn process(&mut self, message: Message) -> Outcome {
+        match self.decide(MessageRef::from(&message)) {
+            Decision::Keep => Outcome::one(message),
+            Decision::Drop => Outcome::drop(),
+            Decision::Fail(reason) => Outcome::fail(reason),
+        }
+    }
+}
+
+impl JsonFilter {
+    fn decide(&self, message: MessageRef<'_>) -> Decision {
         let json: Value = match message.json() {
             Ok(json) => json,
-            Err(e) => return Outcome::fail(e),
+            Err(e) => return Decision::Fail(e),
         };
         let matches = lookup(&json, &self.path).is_some_and(|field| text_form(field) == self.equals);
-        if matches == self.negate { Outcome::drop() } else { Outcome::one(message) }
+        if matches == self.negate { Decision::Drop } else { Decision::Keep }
     }
 }
 

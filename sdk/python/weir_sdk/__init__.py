@@ -22,23 +22,33 @@ What ``process`` returns decides the message's outcome:
 - ``None``: drop the message (filter);
 - an :class:`Output`, the input :class:`Message`, ``bytes`` or ``str``: emit
   one output (bytes/str replace the value and keep the input's key, headers
-  and timestamp);
+  and timestamp; the input message itself, unmodified, is forwarded as it is
+  without being copied back);
 - a ``list``/``tuple`` (or any iterator) of those: emit each (flat-map);
 - a :class:`Fail` (returned or raised): fail the message; the stage's
   ``on_error`` policy applies.
 
 Any other exception raised by ``process`` fails that message only, with the
 exception's text as the reason: it never traps the instance.
+
+The class :func:`export` returns implements both processor worlds:
+``processor-packed`` (what ``weir build`` builds; ``_packed.py``) and the
+record world ``processor``.
 """
 
-import json as _json
 import struct as _struct
-import sys as _sys
 import traceback as _traceback
 
 from componentize_py_types import Err as _Err
 from wit_world.imports import host as _host
 from wit_world.imports import types as _types
+
+from . import _packed
+from ._message import Fail, Header, Message, Origin, Output
+from ._message import check_output as _check_output
+from ._message import reason as _reason
+from ._message import run as _run
+from ._message import to_bytes as _to_bytes
 
 __all__ = [
     "Config",
@@ -53,175 +63,6 @@ __all__ = [
     "log",
     "state",
 ]
-
-Header = _types.Header
-Origin = _types.Origin
-Message = _types.Message
-"""One input message: ``key`` (bytes or None), ``value`` (bytes), ``headers``
-(list of :class:`Header`), ``timestamp_ms`` (int or None) and ``origin``
-(:class:`Origin` or None), plus the helpers below."""
-
-
-def _to_bytes(value, what="value"):
-    if isinstance(value, bytes):
-        return value
-    if isinstance(value, str):
-        return value.encode("utf-8")
-    if isinstance(value, (bytearray, memoryview)):
-        return bytes(value)
-    raise TypeError(f"{what} must be bytes or str, not {type(value).__name__}")
-
-
-def _headers(headers):
-    """Normalises a dict, a list of (name, value) pairs or of Headers."""
-    if headers is None:
-        return []
-    items = headers.items() if isinstance(headers, dict) else headers
-    out = []
-    for item in items:
-        if isinstance(item, _types.Header):
-            out.append(_types.Header(item.name, _to_bytes(item.value, "header value")))
-        else:
-            name, value = item
-            out.append(_types.Header(str(name), _to_bytes(value, "header value")))
-    return out
-
-
-def _dumps(value):
-    return _json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-
-
-class Fail(Exception):
-    """Fails the message: return it or raise it from ``process``."""
-
-    def __init__(self, reason):
-        super().__init__(str(reason))
-        self.reason = str(reason)
-
-    def __repr__(self):
-        return f"Fail({self.reason!r})"
-
-
-class Output(_types.Output):
-    """A message to emit. ``value`` and ``key`` accept bytes or str;
-    ``headers`` a dict or a list of (name, value) pairs; ``route`` names the
-    sinks that receive it (None: the default next hop)."""
-
-    def __init__(self, value=b"", *, key=None, headers=None, timestamp_ms=None, route=None):
-        self.key = None if key is None else _to_bytes(key, "key")
-        self.value = _to_bytes(value)
-        self.headers = _headers(headers)
-        self.timestamp_ms = timestamp_ms
-        self.route = route
-
-    @classmethod
-    def json(cls, value, **kwargs):
-        """An output whose value is ``value`` encoded as compact JSON."""
-        return cls(_dumps(value), **kwargs)
-
-    def with_value(self, value):
-        self.value = _to_bytes(value)
-        return self
-
-    def with_json(self, value):
-        self.value = _dumps(value)
-        return self
-
-    def with_key(self, key):
-        self.key = None if key is None else _to_bytes(key, "key")
-        return self
-
-    def with_route(self, route):
-        self.route = route
-        return self
-
-    def with_header(self, name, value):
-        """Sets header ``name``, replacing any header of that name."""
-        self.headers = [h for h in self.headers if h.name != name]
-        self.headers.append(_types.Header(name, _to_bytes(value, "header value")))
-        return self
-
-    def header(self, name):
-        for h in self.headers:
-            if h.name == name:
-                return h.value
-        return None
-
-    def __repr__(self):
-        return (
-            f"Output(value={self.value!r}, key={self.key!r}, headers={self.headers!r}, "
-            f"timestamp_ms={self.timestamp_ms!r}, route={self.route!r})"
-        )
-
-
-# Helpers on the generated Message type (kept as the generated dataclass so
-# that a batch costs no extra wrapping).
-
-
-def _text(self):
-    """The value as UTF-8 text (raises on invalid UTF-8)."""
-    return self.value.decode("utf-8")
-
-
-def _key_text(self):
-    """The key as UTF-8 text, or None without a key."""
-    return None if self.key is None else self.key.decode("utf-8")
-
-
-def _json_value(self):
-    """The value parsed as JSON (raises ``ValueError`` when it is not JSON)."""
-    return _json.loads(self.value)
-
-
-def _header(self, name):
-    """The value (bytes) of the first header called ``name``, or None."""
-    for h in self.headers:
-        if h.name == name:
-            return h.value
-    return None
-
-
-def _header_text(self, name):
-    value = _header(self, name)
-    return None if value is None else value.decode("utf-8")
-
-
-def _header_dict(self):
-    """The headers as a dict of name to bytes (the last one wins)."""
-    return {h.name: h.value for h in self.headers}
-
-
-def _output(self, value=None, *, key=..., headers=..., timestamp_ms=..., route=None):
-    """An output that keeps this message's key, headers and timestamp,
-    with any of them (and the value) replaced."""
-    out = Output.__new__(Output)
-    out.value = self.value if value is None else _to_bytes(value)
-    out.key = self.key if key is ... else (None if key is None else _to_bytes(key, "key"))
-    out.headers = list(self.headers) if headers is ... else _headers(headers)
-    out.timestamp_ms = self.timestamp_ms if timestamp_ms is ... else timestamp_ms
-    out.route = route
-    return out
-
-
-def _with_json(self, value, **kwargs):
-    """An output with this message's metadata and ``value`` as JSON."""
-    return _output(self, _dumps(value), **kwargs)
-
-
-def _with_route(self, route):
-    """This message, unchanged, bound for ``route``."""
-    return _output(self, route=route)
-
-
-Message.text = property(_text)
-Message.key_text = property(_key_text)
-Message.json = _json_value
-Message.header = _header
-Message.header_text = _header_text
-Message.header_dict = property(_header_dict)
-Message.output = _output
-Message.with_json = _with_json
-Message.with_route = _with_route
 
 
 class Config(dict):
@@ -320,70 +161,50 @@ counter = _Counter()
 
 _EMIT = _types.Outcome_Emit
 _FAIL = _types.Outcome_Fail
-_DROP_PASS = (type(None),)
-
-
-def _reason(exc):
-    if isinstance(exc, Fail):
-        return exc.reason
-    text = str(exc)
-    return text if text else type(exc).__name__
-
-
-def _one(message, result):
-    if isinstance(result, _types.Output):
-        return result
-    if isinstance(result, (bytes, str, bytearray, memoryview)):
-        return _output(message, result)
-    if isinstance(result, _types.Message):
-        return _output(result)
-    raise TypeError(
-        f"process returned {type(result).__name__}: return an Output, bytes, str, "
-        "a list of them, None or Fail"
-    )
-
-
-def _outcome(message, result):
-    """Turns what ``process`` returned into an outcome."""
-    if result is None:
-        return _EMIT([])
-    if isinstance(result, Fail):
-        return _FAIL(result.reason)
-    if isinstance(result, (list, tuple)) or hasattr(result, "__next__"):
-        outputs = []
-        for item in result:
-            if isinstance(item, Fail):
-                return _FAIL(item.reason)
-            if item is not None:
-                outputs.append(_one(message, item))
-        return _EMIT(outputs)
-    return _EMIT([_one(message, result)])
-
-
-def _safe_outcome(message, result):
-    try:
-        return _outcome(message, result)
-    except Exception as exc:  # a bad return value fails this message only
-        return _FAIL(_reason(exc))
 
 
 def _report(exc):
-    # Full traceback at debug level: the reason itself is the exception text.
+    # Its traceback at debug level, for the first exception of a batch only
+    # (formatting is slow): every failed message has its reason already.
     try:
         _host.log(_host.Level.DEBUG, "".join(_traceback.format_exception(exc)).rstrip())
     except Exception:
         pass
 
 
+def _record_message(m):
+    origin = m.origin
+    return Message(
+        m.key,
+        m.value,
+        [Header(h.name, h.value) for h in m.headers],
+        m.timestamp_ms,
+        None if origin is None else Origin(origin.name, origin.partition, origin.offset, origin.id),
+    )
+
+
+def _record_outcome(item):
+    # Messages built from records are never kept: an item is a list or a reason.
+    if type(item) is str:
+        return _FAIL(item)
+    try:
+        for out in item:
+            _check_output(out)
+    except Exception as exc:
+        return _FAIL(f"invalid output: {exc}")
+    return _EMIT(item)
+
+
 def export(processor_class):
-    """Exports ``processor_class`` as the component's ``processor`` world.
-    Bind the result to ``WitWorld`` at module level: ``WitWorld = export(MyProcessor)``."""
+    """Exports ``processor_class`` as the component's world, ``processor-packed``
+    or ``processor`` (the class has the methods of both; componentize-py calls
+    those of the world it builds). Bind the result to ``WitWorld`` at module
+    level: ``WitWorld = export(MyProcessor)``."""
     import wit_world
 
     if not callable(getattr(processor_class, "process", None)):
         raise TypeError(f"{processor_class.__name__} has no process(self, message) method")
     holder = {}
-    batch_override = getattr(processor_class, "process_batch", None)
 
     class WitWorld(wit_world.WitWorld):
         def init(self, config):
@@ -393,32 +214,20 @@ def export(processor_class):
                 if init is not None:
                     init(Config(config))
             except Exception as exc:
-                raise _Err(f"{_reason(exc)}") from None
+                raise _Err(_reason(exc)) from None
             holder["instance"] = instance
+
+        def process_packed(self, batch):
+            instance = holder.get("instance")
+            if instance is None:
+                return _packed.fail_all(batch, "plugin used before init")
+            return _packed.process(instance, batch, _report)
 
         def process(self, batch):
             instance = holder.get("instance")
             if instance is None:
                 return [_FAIL("plugin used before init") for _ in batch]
-            if batch_override is not None:
-                try:
-                    results = list(instance.process_batch(batch))
-                except Exception as exc:
-                    _report(exc)
-                    reason = _reason(exc)
-                    return [_FAIL(reason) for _ in batch]
-                if len(results) != len(batch):
-                    reason = f"process_batch returned {len(results)} outcomes for {len(batch)} messages"
-                    return [_FAIL(reason) for _ in batch]
-                return [_safe_outcome(m, r) for m, r in zip(batch, results)]
-            process = instance.process
-            outcomes = []
-            for message in batch:
-                try:
-                    outcomes.append(_outcome(message, process(message)))
-                except Exception as exc:
-                    _report(exc)
-                    outcomes.append(_FAIL(_reason(exc)))
-            return outcomes
+            plan = _run(instance, [_record_message(m) for m in batch], _report)
+            return [_record_outcome(item) for item in plan]
 
     return WitWorld

@@ -25,12 +25,23 @@
 //! Batch-level work (one call per batch, as the host makes it) is available by
 //! overriding [`Processor::process_batch`]. Aggregating stages implement
 //! [`Aggregator`] and use [`export_aggregator!`].
+//!
+//! The macros export the packed worlds (`processor-packed`,
+//! `aggregator-packed`): the host hands over a whole batch as one buffer,
+//! the SDK decodes it into [`Message`]s, and encodes the outcomes into one
+//! reply (`docs/packed-abi.md`). An output identical to its input, as in
+//! `Outcome::one(message)`, travels back as `keep`: nothing is copied. With
+//! the `record-world` feature the same code exports the record worlds
+//! (`processor`, `aggregator`) instead.
 
 mod config;
+mod in_place;
 pub mod log;
+mod packed_glue;
 pub mod state;
 
 pub use config::Config;
+pub use in_place::{Decision, HeadersRef, MessageRef};
 pub use weir_sdk_base::{Header, Message, Origin, Outcome, Output};
 
 /// A per-message processor (the `processor` world).
@@ -46,6 +57,17 @@ pub trait Processor: Sized + 'static {
     /// Override it to amortise work over the batch.
     fn process_batch(&mut self, batch: Vec<Message>) -> Vec<Outcome> {
         batch.into_iter().map(|message| self.process(message)).collect()
+    }
+
+    /// The fast path, called first for every message: decide without
+    /// copying it. `Some(Decision::Keep)` forwards it unchanged,
+    /// `Some(Decision::Drop)` filters it, `Some(Decision::Fail(..))` fails
+    /// it; `None` (the default) hands it, decoded into an owned [`Message`],
+    /// to [`Processor::process_batch`] and [`Processor::process`]. Filters
+    /// and routers that only read a message decide here and never copy it.
+    /// Messages decided here are not passed to `process_batch`.
+    fn decide_in_place(&mut self, _message: MessageRef<'_>) -> Option<Decision> {
+        None
     }
 }
 
@@ -69,7 +91,90 @@ pub mod counter {
     }
 }
 
-/// Exports a [`Processor`] type as the plugin's `processor` world.
+/// Exports a [`Processor`] type as the plugin's processor world: by default
+/// `processor-packed` (one buffer per batch), or `processor` with the SDK's
+/// `record-world` feature.
+#[cfg(not(feature = "record-world"))]
+#[macro_export]
+macro_rules! export_processor {
+    ($processor:ty) => {
+        const _: () = {
+            use $crate::__private::processor_packed_world::Guest;
+
+            ::std::thread_local! {
+                static INSTANCE: ::std::cell::RefCell<::std::option::Option<$processor>> =
+                    const { ::std::cell::RefCell::new(::std::option::Option::None) };
+            }
+
+            struct WeirProcessor;
+
+            impl Guest for WeirProcessor {
+                fn init(
+                    config: ::std::vec::Vec<(::std::string::String, ::std::string::String)>,
+                ) -> ::std::result::Result<(), ::std::string::String> {
+                    let processor = <$processor as $crate::Processor>::init($crate::Config::new(config))?;
+                    INSTANCE.with(|cell| *cell.borrow_mut() = ::std::option::Option::Some(processor));
+                    ::std::result::Result::Ok(())
+                }
+
+                fn process_packed(batch: ::std::vec::Vec<u8>) -> ::std::vec::Vec<u8> {
+                    INSTANCE.with(|cell| $crate::__private::packed::process(cell.borrow_mut().as_mut(), &batch))
+                }
+            }
+
+            $crate::__private::processor_packed_world::export_processor_packed_world!(
+                WeirProcessor with_types_in $crate::__private::processor_packed_world
+            );
+        };
+    };
+}
+
+/// Exports an [`Aggregator`] type as the plugin's aggregator world: by
+/// default `aggregator-packed`, or `aggregator` with the SDK's `record-world`
+/// feature.
+#[cfg(not(feature = "record-world"))]
+#[macro_export]
+macro_rules! export_aggregator {
+    ($aggregator:ty) => {
+        const _: () = {
+            use $crate::__private::aggregator_packed_world::Guest;
+
+            ::std::thread_local! {
+                static INSTANCE: ::std::cell::RefCell<::std::option::Option<$aggregator>> =
+                    const { ::std::cell::RefCell::new(::std::option::Option::None) };
+            }
+
+            struct WeirAggregator;
+
+            impl Guest for WeirAggregator {
+                fn init(
+                    config: ::std::vec::Vec<(::std::string::String, ::std::string::String)>,
+                ) -> ::std::result::Result<(), ::std::string::String> {
+                    let aggregator = <$aggregator as $crate::Aggregator>::init($crate::Config::new(config))?;
+                    INSTANCE.with(|cell| *cell.borrow_mut() = ::std::option::Option::Some(aggregator));
+                    ::std::result::Result::Ok(())
+                }
+
+                fn process_batch_packed(
+                    batch_key: ::std::option::Option<::std::vec::Vec<u8>>,
+                    batch: ::std::vec::Vec<u8>,
+                ) -> ::std::vec::Vec<u8> {
+                    INSTANCE.with(|cell| {
+                        $crate::__private::packed::aggregate(cell.borrow_mut().as_mut(), batch_key, &batch)
+                    })
+                }
+            }
+
+            $crate::__private::aggregator_packed_world::export_aggregator_packed_world!(
+                WeirAggregator with_types_in $crate::__private::aggregator_packed_world
+            );
+        };
+    };
+}
+
+/// Exports a [`Processor`] type as the plugin's `processor` world (the
+/// `record-world` feature is on).
+#[cfg(feature = "record-world")]
 #[macro_export]
 macro_rules! export_processor {
     ($processor:ty) => {
@@ -94,10 +199,7 @@ macro_rules! export_processor {
 
                 fn process(batch: ::std::vec::Vec<$crate::Message>) -> ::std::vec::Vec<$crate::Outcome> {
                     INSTANCE.with(|cell| match cell.borrow_mut().as_mut() {
-                        ::std::option::Option::Some(processor) => $crate::__private::checked_outcomes(
-                            batch.len(),
-                            $crate::Processor::process_batch(processor, batch),
-                        ),
+                        ::std::option::Option::Some(processor) => $crate::__private::record::process(processor, batch),
                         ::std::option::Option::None => $crate::__private::not_initialised(batch.len()),
                     })
                 }
@@ -110,7 +212,9 @@ macro_rules! export_processor {
     };
 }
 
-/// Exports an [`Aggregator`] type as the plugin's `aggregator` world.
+/// Exports an [`Aggregator`] type as the plugin's `aggregator` world (the
+/// `record-world` feature is on).
+#[cfg(feature = "record-world")]
 #[macro_export]
 macro_rules! export_aggregator {
     ($aggregator:ty) => {
@@ -155,8 +259,18 @@ macro_rules! export_aggregator {
 
 #[doc(hidden)]
 pub mod __private {
+    pub use weir_sdk_aggregator_packed_world as aggregator_packed_world;
     pub use weir_sdk_aggregator_world as aggregator_world;
+    pub use weir_sdk_processor_packed_world as processor_packed_world;
     pub use weir_sdk_processor_world as processor_world;
+
+    pub mod packed {
+        pub use crate::packed_glue::{aggregate, process};
+    }
+
+    pub mod record {
+        pub use crate::packed_glue::process_records as process;
+    }
 
     use crate::Outcome;
 

@@ -65,6 +65,7 @@ pub use sink::KafkaSink;
 pub use source::KafkaSource;
 
 use super::Params;
+use crate::config::ranges;
 
 /// Where a partition with no committed offset starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,11 +148,9 @@ impl KafkaSourceSpec {
             Some(raw) => Start::parse(&raw)?,
             None => Start::Earliest,
         };
-        let commit_interval =
-            params.take_parsed::<u64>("commit_interval_ms")?.map_or(DEFAULT_COMMIT_INTERVAL, Duration::from_millis);
-        if commit_interval.is_zero() {
-            return Err("query parameter `commit_interval_ms` must be at least 1".into());
-        }
+        let commit_interval = params
+            .take_in_range("commit_interval_ms", &ranges::COMMIT_INTERVAL_MS)?
+            .map_or(DEFAULT_COMMIT_INTERVAL, Duration::from_millis);
         params.finish()?;
         if batch == 0 {
             return Err("batch_size must be at least 1".into());

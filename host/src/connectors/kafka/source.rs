@@ -43,6 +43,9 @@ const PARTITION_BITS: u32 = 20;
 /// the next owner: duplicates, never loss).
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long a periodic commit may go unanswered before it is sent again.
+const RESEND_AFTER: Duration = Duration::from_secs(5);
+
 /// Timeout of the metadata look-ups of a timestamp start.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -75,8 +78,10 @@ struct State {
     owned: HashSet<u32>,
     /// Released watermark (next offset to read) per partition.
     watermark: HashMap<u32, i64>,
-    /// Offsets sent in a periodic commit (not sent again unless it failed).
-    sent: HashMap<u32, i64>,
+    /// Offsets sent in a periodic commit and when: not sent again until the
+    /// broker answers or [`RESEND_AFTER`] passes without an answer (a commit
+    /// lost while the coordinator moves must not stall the watermark).
+    sent: HashMap<u32, (i64, Instant)>,
     /// Offsets the broker confirmed.
     confirmed: HashMap<u32, i64>,
 }
@@ -123,20 +128,28 @@ impl Shared {
     }
 
     /// The offsets to commit: watermarks of owned partitions (of `only`, when
-    /// given) beyond what was sent (`periodic`) or confirmed (otherwise).
+    /// given) beyond what the broker confirmed; a `periodic` commit leaves
+    /// out what it sent recently and is still waiting for.
     fn pending(&self, only: Option<&[u32]>, periodic: bool) -> Vec<(u32, i64)> {
+        let now = Instant::now();
         let mut state = self.state.lock();
         let state = &mut *state;
-        let done = if periodic { &state.sent } else { &state.confirmed };
         let due: Vec<(u32, i64)> = state
             .watermark
             .iter()
             .filter(|(id, _)| only.map_or(state.owned.contains(id), |only| only.contains(id)))
-            .filter(|(id, next)| done.get(id).is_none_or(|d| d < next))
+            .filter(|(id, next)| state.confirmed.get(id).is_none_or(|c| c < next))
+            .filter(|(id, next)| {
+                !periodic
+                    || state
+                        .sent
+                        .get(id)
+                        .is_none_or(|(sent, at)| sent < next || now.duration_since(*at) >= RESEND_AFTER)
+            })
             .map(|(id, next)| (*id, *next))
             .collect();
         if periodic {
-            state.sent.extend(due.iter().copied());
+            state.sent.extend(due.iter().map(|(id, next)| (*id, (*next, now))));
         }
         due
     }
@@ -203,23 +216,32 @@ impl ConsumerContext for KafkaContext {
 
     fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
         let shared = &self.shared;
-        let committed: Vec<(u32, i64)> = offsets
-            .elements()
-            .iter()
-            .filter_map(|e| match e.offset() {
-                Offset::Offset(next) => shared.id(e.topic(), e.partition()).map(|id| (id, next)),
-                _ => None,
-            })
-            .collect();
-        match result {
-            Ok(()) => shared.confirm(committed),
-            Err(KafkaError::ConsumerCommit(rdkafka::error::RDKafkaErrorCode::NoOffset)) => {}
-            Err(error) => {
-                tracing::warn!(source = %shared.source, "offset commit failed (will retry): {error}");
-                let mut state = shared.state.lock();
-                for (id, _) in committed {
-                    state.sent.remove(&id);
-                }
+        if matches!(result, Err(KafkaError::ConsumerCommit(rdkafka::error::RDKafkaErrorCode::NoOffset))) {
+            return;
+        }
+        // The request can succeed while single partitions fail (a moving
+        // coordinator, a rebalance in progress): judge each one.
+        let mut confirmed = Vec::new();
+        let mut failed = Vec::new();
+        for e in offsets.elements() {
+            let (Offset::Offset(next), Some(id)) = (e.offset(), shared.id(e.topic(), e.partition())) else {
+                continue;
+            };
+            match result.as_ref().map_err(Clone::clone).and_then(|()| e.error()) {
+                Ok(()) => confirmed.push((id, next)),
+                Err(error) => failed.push((id, error)),
+            }
+        }
+        shared.confirm(confirmed);
+        if let Some((_, error)) = failed.first() {
+            tracing::warn!(
+                source = %shared.source,
+                "offset commit failed for {} (will retry): {error}",
+                shared.describe(&failed.iter().map(|(id, _)| *id).collect::<Vec<_>>())
+            );
+            let mut state = shared.state.lock();
+            for (id, _) in &failed {
+                state.sent.remove(id);
             }
         }
     }
