@@ -247,8 +247,14 @@ pub struct Running {
 impl Running {
     /// Starts `weir` with `args` (stdout discarded, stderr collected).
     pub fn start(args: &[&str]) -> Self {
+        Running::start_with_env(args, &[])
+    }
+
+    /// [`Running::start`] with `env` set.
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = weir()
             .args(args)
+            .envs(env.iter().copied())
             // Connectors' debug lines ("generator emitted its messages", "null
             // sink holding a batch") let tests wait for events, not sleep.
             .env("WEIR_LOG", "info,weir::connectors=debug")
@@ -328,8 +334,13 @@ impl Scratch {
     /// Writes `pipeline` as `pipeline.toml` and starts `weir run` on it in
     /// the background.
     pub fn start(&self, pipeline: &str) -> Running {
+        self.start_with_env(pipeline, &[])
+    }
+
+    /// [`Scratch::start`] with `env` set.
+    pub fn start_with_env(&self, pipeline: &str, env: &[(&str, &str)]) -> Running {
         let file = self.write("pipeline.toml", pipeline);
-        Running::start(&["run", file.to_str().expect("UTF-8 path")])
+        Running::start_with_env(&["run", file.to_str().expect("UTF-8 path")], env)
     }
 }
 
@@ -362,18 +373,21 @@ pub fn terminate(child: &Child) {
     assert!(status.success());
 }
 
-/// An answer of the admin API.
+/// An answer of the admin API or the HTTP collector.
 #[derive(Debug)]
 pub struct Reply {
     pub status: u16,
     /// The `WWW-Authenticate` header, if any.
     pub challenge: Option<String>,
+    /// The `Retry-After` header, if any.
+    pub retry_after: Option<String>,
     /// The body, as JSON when it is JSON, else as a JSON string.
     pub body: serde_json::Value,
 }
 
-/// A client of the admin API of a `weir` on 127.0.0.1:`port`, sending
-/// `token` (as `Authorization: Bearer`) when it has one.
+/// An HTTP client of a `weir` listener on 127.0.0.1:`port` (the admin API,
+/// or an HTTP collector source), sending `token` (as `Authorization:
+/// Bearer`) when it has one.
 pub struct Admin {
     pub port: u16,
     pub token: Option<String>,
@@ -401,11 +415,11 @@ impl Admin {
     fn reply(response: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Reply {
         let mut response = response.expect("admin API reachable");
         let status = response.status().as_u16();
-        let challenge =
-            response.headers().get("www-authenticate").map(|v| v.to_str().expect("ASCII header").to_string());
+        let header = |name: &str| response.headers().get(name).map(|v| v.to_str().expect("ASCII header").to_string());
+        let (challenge, retry_after) = (header("www-authenticate"), header("retry-after"));
         let text = response.body_mut().read_to_string().unwrap_or_default();
         let body = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
-        Reply { status, challenge, body }
+        Reply { status, challenge, retry_after, body }
     }
 
     /// `POST path` with `body`.

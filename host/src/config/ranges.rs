@@ -49,6 +49,10 @@ pub const REDIS_DB: RangeInclusive<i64> = 0..=1_000_000;
 /// JavaScript ~12 MiB, 16 MiB ahead-of-time compiled), held in memory while
 /// it is compiled.
 pub const ADMIN_MAX_BODY_MB: RangeInclusive<u64> = 1..=1024;
+/// HTTP collector `max_body_bytes`: up to 1 GiB.
+pub const HTTP_MAX_BODY_BYTES: RangeInclusive<u64> = 1..=1 << 30;
+/// HTTP collector `busy_timeout_ms`: up to a minute.
+pub const HTTP_BUSY_TIMEOUT_MS: RangeInclusive<u64> = 0..=60_000;
 /// Kafka `commit_interval_ms`.
 pub const COMMIT_INTERVAL_MS: RangeInclusive<u64> = 1..=3_600_000;
 

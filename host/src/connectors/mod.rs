@@ -12,6 +12,7 @@
 pub mod file;
 pub mod format;
 pub mod generator;
+pub mod http;
 pub mod kafka;
 mod lines;
 pub mod memory;
@@ -32,7 +33,7 @@ use crate::config::{ConfigError, Format, PipelineConfig, SinkConfig, SourceConfi
 use crate::message::Message;
 use crate::pipeline::ack::{AckToken, AckTracker, Released};
 use crate::pipeline::batch::Batch;
-use crate::pipeline::budget::InFlightBudget;
+use crate::pipeline::budget::{InFlightBudget, Reservation};
 use crate::pipeline::control::Control;
 use crate::pipeline::dead_letter::DeadLetter;
 
@@ -119,6 +120,22 @@ impl SourceContext {
         }
         // Wait for room in the in-flight budget (backpressure in bytes).
         token.hold(self.budget.reserve(&messages).await);
+        self.send(messages, token).await
+    }
+
+    /// Reserves room for `messages` in the pipeline's in-flight budget,
+    /// waiting while it is spent. A source that must answer "busy" rather
+    /// than wait (the HTTP collector) reserves first, under a timeout, and
+    /// then hands the batches on with [`SourceContext::send`].
+    pub async fn reserve(&self, messages: &[Message]) -> Reservation {
+        self.budget.reserve(messages).await
+    }
+
+    /// Hands a batch on without reserving budget: the caller reserved it.
+    pub async fn send(&self, messages: Vec<Message>, token: AckToken) -> Result<(), Stopped> {
+        if messages.is_empty() {
+            return Ok(());
+        }
         self.downstream.send(Batch::from_source(messages, token)).await.map_err(|_| Stopped)
     }
 
@@ -181,6 +198,8 @@ pub enum SourceSpec {
     Redis(redis::RedisSourceSpec),
     /// `kafka://host:port/topic`: a Kafka consumer-group member.
     Kafka(kafka::KafkaSourceSpec),
+    /// `http://addr/path`: an HTTP collector taking POSTed lines.
+    Http(http::HttpSourceSpec),
 }
 
 /// Default number of messages a source reads per batch.
@@ -205,7 +224,8 @@ impl SourceSpec {
             "memory" => SourceSpec::Memory(memory::MemorySourceSpec::parse(rest, batch).map_err(at)?),
             "redis" => SourceSpec::Redis(redis::RedisSourceSpec::parse(rest, source, batch, pipeline).map_err(at)?),
             "kafka" => SourceSpec::Kafka(kafka::KafkaSourceSpec::parse(rest, kafka_keys(source), batch).map_err(at)?),
-            other => return Err(at(unknown_scheme(other, "file, stdio, gen, memory, redis, kafka"))),
+            "http" => SourceSpec::Http(http::HttpSourceSpec::parse(rest, source.format, lines).map_err(at)?),
+            other => return Err(at(unknown_scheme(other, "file, stdio, gen, memory, redis, kafka, http"))),
         };
         // Keys a broker source takes; every other source refuses them.
         let broker = matches!(scheme, "redis" | "kafka");
@@ -215,7 +235,10 @@ impl SourceSpec {
             ("start", source.start.is_some() && !broker),
             ("claim_idle_ms", source.claim_idle_ms.is_some() && scheme != "redis"),
             ("properties", !source.properties.is_empty() && scheme != "kafka"),
-            ("max_message_bytes", source.max_message_bytes.is_some() && !matches!(scheme, "file" | "stdio" | "gen")),
+            (
+                "max_message_bytes",
+                source.max_message_bytes.is_some() && !matches!(scheme, "file" | "stdio" | "gen" | "http"),
+            ),
         ];
         if let Some((key, _)) = unused.iter().find(|(_, set)| *set) {
             return Err(at(format!("key `{key}` does not apply to a {scheme}:// source")));
@@ -232,6 +255,7 @@ impl SourceSpec {
             SourceSpec::Memory(spec) => Box::new(memory::MemorySource::new(spec.clone())),
             SourceSpec::Redis(spec) => Box::new(redis::RedisSource::new(spec.clone())),
             SourceSpec::Kafka(spec) => Box::new(kafka::KafkaSource::new(spec.clone())),
+            SourceSpec::Http(spec) => Box::new(http::HttpCollector::new(spec.clone())),
         })
     }
 }

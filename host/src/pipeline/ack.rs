@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use parking_lot::Mutex;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::budget::Reservation;
 
@@ -40,6 +40,10 @@ enum OnDone {
     /// Finish one piece of each of these tokens (an aggregator's outputs
     /// derive from every message of its input batch).
     Group(Vec<AckToken>),
+    /// Tell one waiter (an HTTP request waiting for its messages to be
+    /// written). Dropping the token unfinished drops the sender, which the
+    /// waiter sees as "not written".
+    Notify(Mutex<Option<oneshot::Sender<()>>>),
     /// Nothing to tell: messages injected without a source (tests, `weir test`).
     Nothing,
 }
@@ -52,6 +56,21 @@ impl AckToken {
             on_done: OnDone::Nothing,
             reservation: OnceLock::new(),
         }))
+    }
+
+    /// A token of `pieces` pieces whose completion fires the receiver; the
+    /// receiver errs when the token is dropped unfinished.
+    pub fn notifying(pieces: usize) -> (Self, oneshot::Receiver<()>) {
+        let (tx, rx) = oneshot::channel();
+        let token = AckToken(Arc::new(AckNode {
+            pending: AtomicUsize::new(pieces.max(1)),
+            on_done: OnDone::Notify(Mutex::new(Some(tx))),
+            reservation: OnceLock::new(),
+        }));
+        if pieces == 0 {
+            token.done(1);
+        }
+        (token, rx)
     }
 
     /// A token whose completion finishes one piece of each of `inputs`, once
@@ -88,6 +107,11 @@ impl AckToken {
             match &self.0.on_done {
                 OnDone::Source { tracker, partition, seq } => tracker.complete(*partition, *seq),
                 OnDone::Group(inputs) => inputs.iter().for_each(|t| t.done(1)),
+                OnDone::Notify(waiter) => {
+                    if let Some(tx) = waiter.lock().take() {
+                        let _ = tx.send(());
+                    }
+                }
                 OnDone::Nothing => {}
             }
         }
@@ -287,6 +311,18 @@ mod tests {
         let halted = Arc::new(AtomicBool::new(false));
         let (t, r) = AckTracker::new(halted.clone());
         (t, r, halted)
+    }
+
+    #[test]
+    fn a_notifying_token_fires_when_done_and_errs_when_dropped_unfinished() {
+        let (token, mut done) = AckToken::notifying(2);
+        token.done(1);
+        assert!(done.try_recv().is_err(), "one piece is still outstanding");
+        token.done(1);
+        assert!(done.try_recv().is_ok());
+        let (token, mut dropped) = AckToken::notifying(1);
+        drop(token);
+        assert!(matches!(dropped.try_recv(), Err(oneshot::error::TryRecvError::Closed)));
     }
 
     #[test]

@@ -59,6 +59,7 @@ pub(crate) async fn dispatch(
     let DispatchOptions { mode, policy, group_by, shutdown, dispatched } = options;
     // Partition dispatch batches per instance; the others share one set.
     let sets = if matches!(mode, Mode::Partition(_)) { instances.len() } else { 1 };
+    let send_at_once = policy.max_wait.is_zero();
     let groups = (0..sets).map(|_| Groups::new(policy)).collect();
     let mut dispatcher = Dispatcher { instances, mode, group_by, groups, seq: 0, next: 0, dispatched };
     let mut draining = false;
@@ -68,7 +69,9 @@ pub(crate) async fn dispatch(
             batch = input.recv() => match batch {
                 Some(batch) => {
                     dispatcher.accept(batch).await;
-                    if draining {
+                    // Stopping, or `max_wait_ms = 0`: nothing waits for the
+                    // timer's next millisecond tick.
+                    if draining || send_at_once {
                         dispatcher.flush_all().await;
                     }
                 }

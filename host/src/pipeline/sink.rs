@@ -76,6 +76,7 @@ pub(crate) async fn run(
     stats: Arc<SinkStats>,
     control: Control,
 ) -> Result<()> {
+    let write_at_once = policy.max_wait.is_zero();
     let mut groups = Groups::new(policy);
     let shutdown = control.shutdown().clone();
     let mut writer = Writer {
@@ -98,6 +99,13 @@ pub(crate) async fn run(
                     stats.pending.fetch_add(batch.len() as u64, Ordering::Relaxed);
                     for (_, full) in group(&mut groups, batch, group_by.as_ref()) {
                         writer.write(full).await;
+                    }
+                    // With `max_wait_ms = 0` a batch is due at once: write it
+                    // now, not on the timer's next millisecond tick.
+                    if write_at_once {
+                        for (_, due) in groups.take_all() {
+                            writer.write(due).await;
+                        }
                     }
                     if draining {
                         for (_, rest) in groups.take_all() {
