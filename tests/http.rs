@@ -200,3 +200,114 @@ fn bad_collector_uris_are_refused_before_start() {
         assert!(stderr.contains(needle), "{query}: {stderr}");
     }
 }
+
+// ------------------------------------------------------------------ the sink
+
+/// A receiving endpoint for the HTTP sink: answers each POST with
+/// `answer(request number, body)` and keeps the bodies it answered 2xx.
+struct Endpoint {
+    port: u16,
+    accepted: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    requests: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl Endpoint {
+    fn start(answer: fn(usize, &str) -> u16) -> Self {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::{Arc, Mutex};
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let accepted: Arc<Mutex<Vec<String>>> = Arc::default();
+        let requests: Arc<AtomicUsize> = Arc::default();
+        let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let app = axum::Router::new().route(
+            "/in",
+            axum::routing::post({
+                let (accepted, requests) = (accepted.clone(), requests.clone());
+                move |body: String| async move {
+                    let status = answer(requests.fetch_add(1, Ordering::SeqCst), &body);
+                    if (200..300).contains(&status) {
+                        accepted.lock().unwrap().push(body);
+                    }
+                    (axum::http::StatusCode::from_u16(status).unwrap(), format!("answered {status}"))
+                }
+            }),
+        );
+        runtime.spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Endpoint { port, accepted, requests, _runtime: runtime }
+    }
+
+    /// The values of every accepted body's lines.
+    fn values(&self) -> Vec<String> {
+        let bodies = self.accepted.lock().unwrap();
+        bodies
+            .iter()
+            .flat_map(|b| b.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["value"].to_string()))
+            .collect()
+    }
+}
+
+fn sink_pipeline(scratch: &Scratch, input: &str, sink_uri: &str, sink_batch: usize) -> String {
+    scratch.write("in.ndjson", input);
+    format!(
+        "[[source]]\nname = \"in\"\nuri = {input}\n\n\
+         [[sink]]\nname = \"out\"\nuri = \"{sink_uri}\"\nbatch = {{ max_size = {sink_batch}, max_wait_ms = 5 }}\n\
+         retry_backoff_ms = 10\n\n[dead_letter]\nuri = {dead}\n",
+        input = toml_file_uri(&scratch.path("in.ndjson")),
+        dead = toml_file_uri(&scratch.path("dead.ndjson")),
+    )
+}
+
+#[test]
+fn the_http_sink_posts_ndjson_batches_and_retries_server_errors() {
+    // The first two requests are answered 503: they are sent again.
+    let endpoint = Endpoint::start(|n, _| if n < 2 { 503 } else { 200 });
+    let scratch = Scratch::new();
+    let input = lines(0..100);
+    let uri = format!("http://127.0.0.1:{}/in", endpoint.port);
+    let output = scratch.run(&sink_pipeline(&scratch, &input, &uri, 25), LIMIT);
+    let (_, stderr) = text(&output);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("answered 503 Service Unavailable"), "{stderr}");
+    let mut values = endpoint.values();
+    values.sort();
+    let mut expected: Vec<String> = (0..100).map(|i| format!("\"event {i}\"")).collect();
+    expected.sort();
+    assert_eq!(values, expected, "every message accepted exactly once");
+    assert_eq!(endpoint.requests.load(std::sync::atomic::Ordering::SeqCst), 6, "4 batches + 2 retries");
+}
+
+#[test]
+fn a_batch_the_endpoint_rejects_goes_to_the_dead_letter() {
+    let endpoint = Endpoint::start(|_, body| if body.contains("event 3\"") { 422 } else { 200 });
+    let scratch = Scratch::new();
+    let uri = format!("http://127.0.0.1:{}/in", endpoint.port);
+    let output = scratch.run(&sink_pipeline(&scratch, &lines(0..6), &uri, 1), LIMIT);
+    let (_, stderr) = text(&output);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert_eq!(endpoint.values().len(), 5);
+    let dead = scratch.json_lines("dead.ndjson");
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0]["value"], "event 3");
+    let reason = dead[0]["headers"]["weir-error"].as_str().unwrap();
+    assert!(reason.contains("answered 422 Unprocessable Entity: answered 422"), "{reason}");
+}
+
+#[test]
+fn weir_relays_to_weir_over_http() {
+    // weir A: file → http sink → weir B: collector → file.
+    let scratch_b = Scratch::new();
+    let port = free_port();
+    let b = start(&scratch_b, &collector_pipeline(&scratch_b, port, "", None, ""), &[]);
+    let scratch_a = Scratch::new();
+    let uri = format!("http://127.0.0.1:{port}/ingest");
+    let output = scratch_a.run(&sink_pipeline(&scratch_a, &lines(0..2000), &uri, 500), LIMIT);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output).1);
+    b.signal("-TERM");
+    let (code, log, _) = b.wait(LIMIT);
+    assert_eq!(code, Some(0), "{log}");
+    let received = scratch_b.json_lines("out.ndjson");
+    assert_eq!(received.len(), 2000);
+    assert_eq!((received[1]["key"].as_str(), received[1]["value"].as_str()), (Some("k1"), Some("event 1")));
+}

@@ -67,6 +67,14 @@ pub trait Sink: Send {
 #[error("{0}")]
 pub struct Refused(pub String);
 
+/// A batch the receiving system turned down for what it holds (an HTTP
+/// endpoint's 4xx): retrying would not help, but the run goes on. Its
+/// messages go to the dead letter with the reason (the run halts when there
+/// is none).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Rejected(pub String);
+
 /// The source had to stop handing over batches (the pipeline halted).
 #[derive(Debug, thiserror::Error)]
 #[error("the pipeline is no longer accepting messages")]
@@ -275,6 +283,8 @@ pub enum SinkSpec {
     Redis(redis::RedisSinkSpec),
     /// `kafka://host:port/topic`: an idempotent producer.
     Kafka(kafka::KafkaSinkSpec),
+    /// `http://…` or `https://…`: one ndjson POST per batch.
+    Http(http::HttpSinkSpec),
 }
 
 impl SinkSpec {
@@ -310,8 +320,10 @@ impl SinkSpec {
             "memory" => SinkSpec::Memory(memory::MemorySinkSpec::parse(rest)?),
             "null" => SinkSpec::Null(null::NullSink::parse(rest)?),
             "redis" => SinkSpec::Redis(redis::RedisSinkSpec::parse(rest)?),
+            "http" | "https" if format == Format::Ndjson => SinkSpec::Http(http::HttpSinkSpec::parse(uri)?),
+            "http" | "https" => return Err("an http sink writes ndjson; remove `format = \"raw\"`".into()),
             "kafka" => SinkSpec::Kafka(kafka::KafkaSinkSpec::parse(rest)?),
-            other => return Err(unknown_scheme(other, "file, stdio, memory, null, redis, kafka")),
+            other => return Err(unknown_scheme(other, "file, stdio, memory, null, redis, kafka, http, https")),
         })
     }
 
@@ -324,6 +336,7 @@ impl SinkSpec {
             SinkSpec::Null(sink) => Box::new(sink.clone()),
             SinkSpec::Redis(spec) => Box::new(redis::RedisSink::new(spec.clone())?),
             SinkSpec::Kafka(spec) => Box::new(kafka::KafkaSink::open(spec)?),
+            SinkSpec::Http(spec) => Box::new(http::HttpSink::new(spec)),
         })
     }
 }

@@ -243,6 +243,7 @@ impl Pipeline {
                 retry,
                 stats,
                 control.clone(),
+                None,
             ));
             tx
         });
@@ -273,6 +274,7 @@ impl Pipeline {
                 sink.retry,
                 stats,
                 control.clone(),
+                Some(dead_letter.clone()),
             ));
         }
 

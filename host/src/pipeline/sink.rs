@@ -23,8 +23,9 @@ use tokio::time::Instant;
 use super::ack::done_all;
 use super::batch::{Batch, BatchPolicy, GroupBatch, Groups};
 use super::control::Control;
+use super::dead_letter::DeadLetter;
 use crate::config::{GroupBy, SinkRetries};
-use crate::connectors::{Refused, Sink};
+use crate::connectors::{Refused, Rejected, Sink};
 
 /// Counters of one sink.
 #[derive(Debug, Default)]
@@ -75,6 +76,7 @@ pub(crate) async fn run(
     retry: RetryPolicy,
     stats: Arc<SinkStats>,
     control: Control,
+    dead_letter: Option<DeadLetter>,
 ) -> Result<()> {
     let write_at_once = policy.max_wait.is_zero();
     let mut groups = Groups::new(policy);
@@ -86,6 +88,7 @@ pub(crate) async fn run(
         stats: &stats,
         control: &control,
         retry,
+        dead_letter: dead_letter.as_ref(),
         given_up: false,
     };
     // Stopping: open batches are written at once, and so is whatever arrives.
@@ -169,6 +172,8 @@ struct Writer<'a> {
     stats: &'a SinkStats,
     control: &'a Control,
     retry: RetryPolicy,
+    /// Where rejected batches go (`None` for the dead letter itself).
+    dead_letter: Option<&'a DeadLetter>,
     /// A batch was refused or its retries ran out: nothing after it may be
     /// written (it would leave a gap in the output).
     given_up: bool,
@@ -215,6 +220,19 @@ impl Writer<'_> {
             failures = failures.saturating_add(1);
             if let Some(refused) = error.downcast_ref::<Refused>() {
                 self.give_up(n, format!("{}: {refused}", self.label));
+                return;
+            }
+            if let Some(rejected) = error.downcast_ref::<Rejected>() {
+                let reason = format!("{}: {rejected}", self.label);
+                self.stats.pending.fetch_sub(n as u64, Ordering::Relaxed);
+                match self.dead_letter {
+                    Some(dead_letter) => {
+                        tracing::warn!(sink = self.name, "{reason}; {n} messages go to the dead letter");
+                        // The dead letter's write acknowledges them.
+                        dead_letter.send_async(batch, vec![reason; n], self.name).await;
+                    }
+                    None => self.give_up(0, reason),
+                }
                 return;
             }
             let text = format!("{error:#}");

@@ -1,5 +1,6 @@
-//! `http://ADDR/PATH` as a source: an HTTP collector that takes events in
-//! POST bodies and answers only once they are safe.
+//! HTTP both ways: `http://ADDR/PATH` as a source is a collector that takes
+//! events in POST bodies and answers only once they are safe; `http://…` or
+//! `https://…` as a sink POSTs each batch as ndjson ([`sink`]).
 //!
 //! `http://127.0.0.1:8080/ingest?max_body_bytes=16777216&busy_timeout_ms=1000&token_env=INGEST_TOKEN`
 //!
@@ -13,11 +14,13 @@
 //! values). See [`collector`] for the request protocol.
 
 mod collector;
+mod sink;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 pub use collector::HttpCollector;
+pub use sink::{HttpSink, HttpSinkSpec};
 
 use super::lines::LineLimits;
 use super::params::Params;
