@@ -300,3 +300,56 @@ fn a_stage_keeps_at_most_one_previous_version() {
     hot.swap_bytes(&with_custom_section(&v1, "v0", 64)).unwrap();
     assert_eq!(runtime.loaded_versions(), 2);
 }
+
+#[test]
+fn metrics_count_what_the_pipeline_did() {
+    // An HTTP collector → faulty (fails "bad", panics on "boom") → null,
+    // with a dead letter: after one request of 10 events, /metrics shows
+    // exactly what happened, per component.
+    let scratch = Scratch::new();
+    let (ingest, admin) = (free_port(), free_port());
+    let text = format!(
+        "[[source]]\nname = \"events\"\nuri = \"http://127.0.0.1:{ingest}/ingest\"\n\n\
+         [[stage]]\nname = \"filter\"\nplugin = {plugin}\non_error = \"dead-letter\"\n\
+         config = {{ fail_on = \"bad\", panic_on = \"boom\" }}\n\n\
+         [[sink]]\nname = \"out\"\nuri = \"null://\"\nbatch = {{ max_size = 100, max_wait_ms = 0 }}\n\n\
+         [dead_letter]\nuri = \"null://\"\n\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n",
+        plugin = support::toml_str(plugin("faulty").to_str().unwrap()),
+    );
+    let mut weir = scratch.start(&text);
+    weir.wait_for_log(Duration::from_secs(60), "the collector", |l| l.contains("HTTP collector listening"));
+    let body: String = ["ok", "bad", "ok", "boom", "ok", "bad", "ok", "ok", "bad", "ok"]
+        .iter()
+        .map(|v| format!("{{\"value\":\"{v}\"}}\n"))
+        .collect();
+    let reply = Admin::anonymous(ingest).request_post("/ingest", body.as_bytes());
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let scrape = Admin::anonymous(admin).request_get("/metrics", b"");
+    assert_eq!(scrape.status, 200, "/metrics needs no token: {scrape:?}");
+    let metrics = scrape.body.as_str().expect("text").to_string();
+    for line in [
+        "weir_component_received_events_total{component=\"events\",kind=\"source\"} 10",
+        "weir_component_processed_events_total{component=\"filter\",kind=\"stage\"} 6",
+        "weir_component_dead_lettered_events_total{component=\"filter\",kind=\"stage\"} 4",
+        "weir_component_sent_events_total{component=\"out\",kind=\"sink\"} 6",
+        "weir_component_sent_events_total{component=\"dead_letter\",kind=\"dead_letter\"} 4",
+        "weir_component_pending_events{component=\"out\",kind=\"sink\"} 0",
+        "weir_in_flight_bytes 0",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "missing `{line}` in:\n{metrics}");
+    }
+    let traps = metrics
+        .lines()
+        .find(|l| l.starts_with("weir_component_errors_total{component=\"filter\",kind=\"stage\",error_type=\"trap\"}"))
+        .unwrap_or_else(|| panic!("no trap count in:\n{metrics}"));
+    assert!(!traps.ends_with(" 0"), "the panic is counted as a trap: {traps}");
+    assert!(metrics.contains("# TYPE weir_plugin_call_seconds histogram"), "{metrics}");
+    let calls = metrics
+        .lines()
+        .find(|l| l.starts_with("weir_plugin_call_seconds_count{component=\"filter\"}"))
+        .unwrap_or_else(|| panic!("no call count in:\n{metrics}"));
+    assert!(!calls.ends_with(" 0"), "{calls}");
+    weir.signal("-TERM");
+    let (code, log, _) = weir.wait(Duration::from_secs(60));
+    assert_eq!(code, Some(0), "{log}");
+}

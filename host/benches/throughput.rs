@@ -6,8 +6,8 @@
 //! 2. gen → stage → null pipelines, messages/s, against no stage;
 //! 3. partition dispatch at concurrency 1, 2, 4;
 //! 4. the at-least-once ack path per message;
-//! 5. the robustness checks a source batch pays (in-flight budget), against
-//!    a message's whole trip through `gen → passthrough → null`.
+//! 5. the robustness checks and the metrics a batch pays, against a
+//!    message's whole trip through `gen → passthrough → null`.
 //!
 //! Values are 100 bytes. Set WEIR_BENCH_MESSAGES to change pipeline runs.
 //! Name sections to run only those: `cargo bench -p weir --bench throughput
@@ -214,9 +214,42 @@ fn main() {
             wasm.display()
         );
         let trip_ns = 1e9 / run_pipeline(&tokio, &runtime, &natives, scratch.path(), &text, messages);
-        println!("| checks ns/msg | gen → passthrough → null ns/msg | checks / trip |");
-        println!("|---:|---:|---:|");
-        println!("| {checks_ns:.2} | {trip_ns:.1} | {:.2}% |", 100.0 * checks_ns / trip_ns);
+        // Metrics (`GET /metrics`): with the recorder installed, a batch
+        // pays one histogram sample per plugin call and a source's two
+        // counter adds over its weighed bytes; the rest is read at scrape.
+        weir::telemetry::install().expect("installing the recorder");
+        let histogram = metrics::histogram!("weir_plugin_call_seconds", "component" => "bench");
+        let (events, bytes) = (std::sync::atomic::AtomicU64::new(0), std::sync::atomic::AtomicU64::new(0));
+        let metrics_ns = per_message(256, || {
+            let weight: usize = black_box(&batch).iter().map(Message::size).sum();
+            events.fetch_add(256, std::sync::atomic::Ordering::Relaxed);
+            bytes.fetch_add(weight as u64, std::sync::atomic::Ordering::Relaxed);
+            histogram.record(Duration::from_micros(50));
+        });
+        // The whole trip again, with the recorder installed and the
+        // pipeline's counters registered for scraping.
+        let with_metrics_ns = 1e9
+            / run_pipeline_with(
+                &tokio,
+                &runtime,
+                &natives,
+                scratch.path(),
+                &text,
+                messages,
+                Some(weir::telemetry::Telemetry::new()),
+            );
+        println!("| cost | ns/msg | gen → passthrough → null ns/msg | share of the trip |");
+        println!("|---|---:|---:|---:|");
+        println!("| limits (in-flight budget) | {checks_ns:.2} | {trip_ns:.1} | {:.2}% |", 100.0 * checks_ns / trip_ns);
+        println!(
+            "| metrics (recorder installed) | {metrics_ns:.2} | {trip_ns:.1} | {:.2}% |",
+            100.0 * metrics_ns / trip_ns
+        );
+        println!(
+            "\nWhole trip side by side: {trip_ns:.1} ns/msg without metrics, {with_metrics_ns:.1} ns/msg with \
+             (with / without {:.3}×).",
+            with_metrics_ns / trip_ns
+        );
     }
 }
 
@@ -262,8 +295,24 @@ fn run_pipeline(
     text: &str,
     messages: u64,
 ) -> f64 {
+    run_pipeline_with(tokio, runtime, natives, dir, text, messages, None)
+}
+
+/// [`run_pipeline`], registering the pipeline's counters with `telemetry`.
+fn run_pipeline_with(
+    tokio: &tokio::runtime::Runtime,
+    runtime: &Runtime,
+    natives: &NativeStages,
+    dir: &Path,
+    text: &str,
+    messages: u64,
+    telemetry: Option<Arc<weir::telemetry::Telemetry>>,
+) -> f64 {
     let config = PipelineConfig::parse(text, dir).unwrap();
-    let pipeline = Pipeline::prepare_with(&config, runtime, natives).unwrap();
+    let mut pipeline = Pipeline::prepare_with(&config, runtime, natives).unwrap();
+    if let Some(telemetry) = telemetry {
+        pipeline = pipeline.with_telemetry(telemetry);
+    }
     let started = Instant::now();
     let report = tokio.block_on(pipeline.run(CancellationToken::new()));
     let elapsed = started.elapsed();

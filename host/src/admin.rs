@@ -186,15 +186,31 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     stages: Vec<Arc<HotPlugin>>,
     access: Access,
+    metrics: Option<Metrics>,
     shutdown: CancellationToken,
 ) {
-    let app = router(stages, access);
+    let app = router(stages, access, metrics);
     if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await {
         tracing::error!("admin listener failed: {e}");
     }
 }
 
-fn router(stages: Vec<Arc<HotPlugin>>, access: Access) -> Router {
+/// What `GET /metrics` renders: the running pipeline's registry and the
+/// process's Prometheus recorder.
+#[derive(Clone)]
+pub struct Metrics {
+    /// The pipeline's counters.
+    pub telemetry: Arc<crate::telemetry::Telemetry>,
+    /// The installed recorder.
+    pub handle: metrics_exporter_prometheus::PrometheusHandle,
+}
+
+async fn metrics_text(State(metrics): State<Metrics>) -> Response {
+    let text = metrics.telemetry.render(&metrics.handle);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+fn router(stages: Vec<Arc<HotPlugin>>, access: Access, metrics: Option<Metrics>) -> Router {
     let stages: Stages = Arc::new(stages.into_iter().map(|s| (s.stage().to_string(), s)).collect());
     let upload = BodyLimit { bytes: access.max_body, upload: true };
     let small = BodyLimit { bytes: SMALL_BODY_BYTES, upload: false };
@@ -207,7 +223,13 @@ fn router(stages: Vec<Arc<HotPlugin>>, access: Access) -> Router {
     let read_only = Router::new()
         .route("/health", get(|| async { "ok" }).layer(limit(small)))
         .route("/stages", get(list).layer(limit(small)));
-    mutating.merge(read_only).with_state(stages)
+    let app = mutating.merge(read_only).with_state(stages);
+    match metrics {
+        Some(metrics) => {
+            app.merge(Router::new().route("/metrics", get(metrics_text).layer(limit(small))).with_state(metrics))
+        }
+        None => app,
+    }
 }
 
 async fn require_token(State(access): State<Arc<Access>>, request: Request, next: Next) -> Response {

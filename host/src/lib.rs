@@ -7,6 +7,7 @@
 //! - [`connectors`]: sources and sinks, one module per system.
 //! - [`config`]: the pipeline file.
 //! - [`cli`]: the `weir` command.
+//! - [`admin`] and [`telemetry`]: the admin listener and its `/metrics`.
 
 pub mod admin;
 pub mod config;
@@ -17,3 +18,4 @@ pub use message::{Header, Message, Origin, Outcome, Output};
 pub mod cli;
 pub mod connectors;
 pub mod pipeline;
+pub mod telemetry;

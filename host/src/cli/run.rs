@@ -76,6 +76,15 @@ pub(super) fn run_config(config: &PipelineConfig, file: Option<&Path>, dev: bool
             return EXIT_RUNTIME;
         }
     };
+    // `GET /metrics` lives on the admin listener: without one, no recorder.
+    let metrics = admin
+        .as_ref()
+        .and_then(|_| crate::telemetry::install())
+        .map(|handle| crate::admin::Metrics { telemetry: crate::telemetry::Telemetry::new(), handle });
+    let pipeline = match &metrics {
+        Some(m) => pipeline.with_telemetry(m.telemetry.clone()),
+        None => pipeline,
+    };
     let report = tokio.block_on(async {
         let shutdown = CancellationToken::new();
         tokio::spawn(watch_signals(shutdown.clone(), config.shutdown.drain_timeout()));
@@ -98,7 +107,7 @@ pub(super) fn run_config(config: &PipelineConfig, file: Option<&Path>, dev: bool
                     } else {
                         tracing::info!("admin API on http://{addr}");
                     }
-                    tokio::spawn(crate::admin::serve(listener, hot.clone(), access, shutdown.clone()));
+                    tokio::spawn(crate::admin::serve(listener, hot.clone(), access, metrics.clone(), shutdown.clone()));
                 }
                 Err(e) => report_error(format!("admin listener: {e}")),
             }

@@ -22,7 +22,7 @@ pub mod redis;
 pub mod stdio;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use anyhow::Result;
 use async_trait::async_trait;
@@ -80,6 +80,15 @@ pub struct Rejected(pub String);
 #[error("the pipeline is no longer accepting messages")]
 pub struct Stopped;
 
+/// What a source handed on, counted per batch (for `/metrics`).
+#[derive(Debug, Default)]
+pub struct SourceStats {
+    /// Messages.
+    pub events: AtomicU64,
+    /// Bytes of keys, values and headers.
+    pub bytes: AtomicU64,
+}
+
 /// What the pipeline gives a running source.
 pub struct SourceContext {
     name: Arc<str>,
@@ -89,6 +98,7 @@ pub struct SourceContext {
     halt_signal: CancellationToken,
     dead_letter: DeadLetter,
     budget: InFlightBudget,
+    stats: Arc<SourceStats>,
 }
 
 impl SourceContext {
@@ -107,12 +117,18 @@ impl SourceContext {
             halt_signal: control.halt_signal().clone(),
             dead_letter,
             budget,
+            stats: Arc::default(),
         }
     }
 
     /// The source's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// What the source handed on so far.
+    pub fn stats(&self) -> Arc<SourceStats> {
+        self.stats.clone()
     }
 
     /// A tracker for this source's batches; positions come back through the
@@ -144,7 +160,12 @@ impl SourceContext {
         if messages.is_empty() {
             return Ok(());
         }
-        self.downstream.send(Batch::from_source(messages, token)).await.map_err(|_| Stopped)
+        let bytes: usize = messages.iter().map(Message::size).sum();
+        let events = messages.len() as u64;
+        self.downstream.send(Batch::from_source(messages, token)).await.map_err(|_| Stopped)?;
+        self.stats.events.fetch_add(events, Ordering::Relaxed);
+        self.stats.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Fires when the source must stop reading (signal, halt, or the end of

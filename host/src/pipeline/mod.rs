@@ -34,6 +34,7 @@ use crate::connectors::{SinkSpec, SourceContext, SourceSpec};
 use crate::plugin::state::StageState;
 use crate::plugin::swap::HotPlugin;
 use crate::plugin::{Runtime, StageContext};
+use crate::telemetry::Telemetry;
 use batch::{Batch, BatchPolicy};
 use budget::InFlightBudget;
 use control::Control;
@@ -58,6 +59,7 @@ pub struct Pipeline {
     watched: Vec<String>,
     drain_timeout: Duration,
     budget: InFlightBudget,
+    telemetry: Option<Arc<Telemetry>>,
 }
 
 struct PreparedStage {
@@ -184,7 +186,7 @@ impl Pipeline {
         let watched = config.stages.iter().filter(|s| s.watch).map(|s| s.name.clone()).collect();
         let drain_timeout = config.shutdown.drain_timeout();
         let budget = InFlightBudget::new(config.memory.max_in_flight_bytes());
-        Ok(Pipeline { sources, stages, sinks, dead_letter, watched, drain_timeout, budget })
+        Ok(Pipeline { sources, stages, sinks, dead_letter, watched, drain_timeout, budget, telemetry: None })
     }
 
     /// The swappable plugins of the WASM stages (hot swap, admin API).
@@ -203,10 +205,21 @@ impl Pipeline {
         &self.watched
     }
 
+    /// Registers this pipeline's counters with `telemetry` when it runs
+    /// (`GET /metrics`).
+    pub fn with_telemetry(mut self, telemetry: Arc<Telemetry>) -> Self {
+        self.telemetry = Some(telemetry);
+        self
+    }
+
     /// Runs until the sources end (bounded) or `shutdown` fires, then drains.
     pub async fn run(self, shutdown: CancellationToken) -> RunReport {
         let control = Control::new(shutdown);
         let mut report = RunReport::default();
+        let telemetry = self.telemetry.clone();
+        if let Some(t) = &telemetry {
+            t.budget(self.budget.clone());
+        }
         let mut tasks = tokio::task::JoinSet::new();
 
         // Every sink opens before any source reads: one that cannot (a locked
@@ -228,6 +241,9 @@ impl Pipeline {
 
         // Dead letter.
         let dlq_stats = Arc::new(SinkStats::default());
+        if let (Some(t), Some(_)) = (&telemetry, &self.dead_letter) {
+            t.sink("dead_letter", "dead_letter", dlq_stats.clone());
+        }
         let dlq_sender = dead_letter_sink.map(|(opened, retry)| {
             let (tx, rx) = mpsc::channel(CHANNEL_BATCHES);
             let policy = BatchPolicy { max_size: 100, max_wait: Duration::from_millis(10) };
@@ -257,6 +273,9 @@ impl Pipeline {
             let (tx, rx) = mpsc::channel(CHANNEL_BATCHES);
             let stats = Arc::new(SinkStats::default());
             sink_stats.push((sink.name.to_string(), stats.clone()));
+            if let Some(t) = &telemetry {
+                t.sink(&sink.name, "sink", stats.clone());
+            }
             let label = format!("sink `{}`", sink.name);
             if sink.routes.is_empty() {
                 default_sinks.push(tx.clone());
@@ -288,6 +307,9 @@ impl Pipeline {
             let (input_tx, input_rx) = mpsc::channel(CHANNEL_BATCHES);
             let stats = Arc::new(StageStats::default());
             stage_stats.push((prepared.context.clone(), stats.clone()));
+            if let Some(t) = &telemetry {
+                t.stage(prepared.context.clone(), stats.clone());
+            }
             let counter = Arc::new(AtomicU64::new(0));
             dispatched.push(counter.clone());
             states.push(prepared.context.state.clone());
@@ -311,6 +333,7 @@ impl Pipeline {
                 control: control.clone(),
                 sequencer,
                 stats,
+                call_seconds: crate::telemetry::call_histogram(&prepared.context.name),
             });
             let mut instance_senders = Vec::new();
             let mut trial = Some(prepared.trial);
@@ -354,6 +377,9 @@ impl Pipeline {
         for (name, spec) in self.sources {
             let ctx =
                 SourceContext::new(name.clone(), source_tx.clone(), &control, dead_letter.clone(), self.budget.clone());
+            if let Some(t) = &telemetry {
+                t.source(&name, ctx.stats());
+            }
             source_tasks.spawn(async move {
                 let source = spec.open().map_err(|e| anyhow::anyhow!("source `{name}`: {e:#}"))?;
                 source.run(ctx).await.map_err(|e| anyhow::anyhow!("source `{name}`: {e:#}"))

@@ -91,6 +91,8 @@ pub struct Stage {
     pub sequencer: Option<mpsc::Sender<(u64, Outputs)>>,
     /// Counters.
     pub stats: Arc<StageStats>,
+    /// Duration of each plugin call (`weir_plugin_call_seconds`).
+    pub call_seconds: metrics::Histogram,
 }
 
 /// Time one batch may spend in calls that trap, in CPU deadlines, before
@@ -238,7 +240,9 @@ impl Worker {
             return Ok(Vec::new());
         }
         let started = Instant::now();
-        match self.instance()?.process(messages) {
+        let result = self.instance()?.process(messages);
+        self.stage.call_seconds.record(started.elapsed());
+        match result {
             Ok(outcomes) => Ok(outcomes),
             Err(InstanceError::Trap(reason)) => {
                 self.discard_instance(&reason, messages.len());
@@ -333,7 +337,9 @@ impl Worker {
                 std::thread::sleep(self.stage.policy.backoff.saturating_mul(1 << (attempt - 1).min(16)));
                 self.stage.stats.retries.fetch_add(1, Ordering::Relaxed);
             }
+            let started = Instant::now();
             let result = self.instance()?.process_batch(work.group.as_deref(), &messages);
+            self.stage.call_seconds.record(started.elapsed());
             let outs = match result {
                 Ok(Ok(outs)) => outs,
                 Ok(Err(reason)) => {
