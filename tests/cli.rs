@@ -348,3 +348,37 @@ fn no_subcommand_is_a_usage_error() {
     assert_eq!(output.status.code(), Some(EXIT_USAGE), "{:?}", text(&output));
     assert!(text(&output).1.contains("Usage: weir"), "{:?}", text(&output));
 }
+
+// ------------------------------------------------------------- log format
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let scratch = Scratch::new();
+    let pipeline_text = pipeline(
+        "gen://?count=3",
+        path_str(&plugin("faulty")),
+        "config = { fail_on = \"seq\" }\non_error = \"skip\"",
+        "",
+    );
+    let file = scratch.write("pipeline.toml", &pipeline_text);
+    let (_, stderr) = weir_ok(&["--log-format", "json", "run", path_str(&file)]);
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON object ({e}): {l}")))
+        .collect();
+    assert!(lines.iter().all(|l| l["level"].is_string() && l["message"].is_string() && l["target"].is_string()));
+    let skipped: Vec<_> =
+        lines.iter().filter(|l| l["message"].as_str().unwrap().starts_with("message skipped")).collect();
+    assert_eq!(skipped.len(), 3, "{stderr}");
+    assert!(skipped.iter().all(|l| l["stage"] == "s" && l["level"] == "WARN"), "{stderr}");
+    assert!(lines.iter().any(|l| l["message"] == "stage summary" && l["skipped"] == 3), "{stderr}");
+
+    // The environment variable does the same, refusals included.
+    let bad = scratch.write("bad.toml", &pipeline("gen://?count=1", &passthrough(), "concurency = 2", ""));
+    let output = weir().args(["run", path_str(&bad)]).env("WEIR_LOG_FORMAT", "json").output().unwrap();
+    let (_, stderr) = text(&output);
+    assert_eq!(output.status.code(), Some(EXIT_USAGE), "{stderr}");
+    let refusal: serde_json::Value = serde_json::from_str(stderr.trim()).unwrap_or_else(|e| panic!("{e}: {stderr}"));
+    assert_eq!(refusal["level"], "ERROR");
+    assert!(refusal["message"].as_str().unwrap().contains("unknown field `concurency`"), "{refusal}");
+}

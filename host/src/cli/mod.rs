@@ -28,6 +28,11 @@ struct Cli {
     #[arg(long, global = true, value_name = "FILTER")]
     log: Option<String>,
 
+    /// Log line format: `text` for people, `json` (one object per line,
+    /// for log shippers). Also WEIR_LOG_FORMAT.
+    #[arg(long, global = true, value_enum, env = "WEIR_LOG_FORMAT", default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -116,7 +121,7 @@ pub fn main() -> i32 {
             return if e.use_stderr() { EXIT_USAGE } else { EXIT_OK };
         }
     };
-    init_logging(cli.log.as_deref());
+    init_logging(cli.log.as_deref(), cli.log_format);
     match cli.command {
         Command::Run { file } => run::run(&file, false),
         Command::Dev { file } => run::run(&file, true),
@@ -130,7 +135,17 @@ pub fn main() -> i32 {
     }
 }
 
-fn init_logging(filter: Option<&str>) {
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// `2026-01-01T00:00:00Z  INFO message key=value`, coloured on a terminal.
+    Text,
+    /// `{"timestamp":..,"level":"INFO","target":..,"message":..,"stage":..}` per line.
+    Json,
+}
+
+fn init_logging(filter: Option<&str>, format: LogFormat) {
+    let _ = LOG_FORMAT.set(format);
     let filter =
         filter.map(str::to_string).or_else(|| std::env::var("WEIR_LOG").ok()).unwrap_or_else(|| "info".to_string());
     let filter = tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|e| {
@@ -138,18 +153,27 @@ fn init_logging(filter: Option<&str>) {
         tracing_subscriber::EnvFilter::new("info")
     });
     use std::io::IsTerminal;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
-        .init();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).with_target(false).init(),
+        // Event fields (message, stage, source, sink, ...) at the top level
+        // of each object, so a shipper needs no nested paths.
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).with_span_list(false).init(),
+    }
 }
 
 /// Prints an error the way every weir command does.
 fn report_error(message: impl std::fmt::Display) {
-    eprintln!("error: {message}");
+    if LOG_FORMAT.get() == Some(&LogFormat::Json) {
+        // One JSON object per line, errors included.
+        tracing::error!(target: "weir", "{message}");
+    } else {
+        eprintln!("error: {message}");
+    }
 }
+
+/// The log format chosen at start, for [`report_error`].
+static LOG_FORMAT: std::sync::OnceLock<LogFormat> = std::sync::OnceLock::new();
 
 /// `weir build --abi`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
