@@ -108,13 +108,15 @@ fn a_saturated_pipeline_answers_503_with_retry_after() {
         Some("null://?delay_ms=200"),
         "\n[memory]\nmax_in_flight_mb = 1\n",
     );
-    let weir = start(&scratch, &pipeline, &[]);
+    let mut weir = start(&scratch, &pipeline, &[]);
     let big: String = (0..900).map(|i| format!("{{\"value\":\"{i:0>1000}\"}}\n")).collect();
     let first = std::thread::spawn({
         let big = big.clone();
         move || Admin::anonymous(port).request_post("/ingest", big.as_bytes())
     });
-    std::thread::sleep(Duration::from_millis(500));
+    // The first body is in the pipeline (and holds the budget) once the
+    // sink holds its first batch.
+    weir.wait_for_log(LIMIT, "the sink holding a batch", |log| log.contains("null sink holding a batch"));
     let second = Admin::anonymous(port).request_post("/ingest", big.as_bytes());
     assert_eq!((second.status, second.retry_after.as_deref()), (503, Some("1")), "{second:?}");
     assert!(second.body.as_str().unwrap().contains("the pipeline is busy"), "{second:?}");
@@ -172,9 +174,9 @@ fn shutdown_answers_the_requests_in_flight() {
     let scratch = Scratch::new();
     let port = free_port();
     let pipeline = collector_pipeline(&scratch, port, "", Some("null://?delay_ms=1000"), "");
-    let weir = start(&scratch, &pipeline, &[]);
+    let mut weir = start(&scratch, &pipeline, &[]);
     let request = std::thread::spawn(move || Admin::anonymous(port).request_post("/ingest", lines(0..10).as_bytes()));
-    std::thread::sleep(Duration::from_millis(300));
+    weir.wait_for_log(LIMIT, "the sink holding the request", |log| log.contains("null sink holding a batch"));
     weir.signal("-TERM");
     let reply = request.join().unwrap();
     assert_eq!(reply.status, 200, "{reply:?}");

@@ -30,7 +30,7 @@ use weir::config::PipelineConfig;
 use weir::connectors::generator::{GenSpec, message};
 use weir::pipeline::ack::{AckTracker, done_all};
 use weir::pipeline::batch::Batch;
-use weir::pipeline::budget::InFlightBudget;
+use weir::pipeline::budget::{InFlightBudget, weigh};
 use weir::pipeline::{NativeFn, NativeStages, Pipeline};
 use weir::plugin::build::{Abi, build_abi};
 use weir::plugin::{Instance, Runtime, StageContext};
@@ -126,7 +126,7 @@ fn main() {
                     "[[source]]\nname = \"gen\"\nuri = \"gen://?count={messages}&size=100&keys=16\"\nbatch_size = {batch_size}\n\
                  {stage}[[sink]]\nname = \"null\"\nuri = \"null://\"\nbatch = {{ max_size = {batch_size}, max_wait_ms = 10 }}\n"
                 );
-                run_pipeline(&tokio, &runtime, &natives, scratch.path(), &text, messages)
+                run_pipeline(&tokio, &runtime, &natives, scratch.path(), &text, messages, None)
             };
             let none = run(None);
             let packed_rate = run(Some(&packed_wasm.display().to_string()));
@@ -167,7 +167,7 @@ fn main() {
                 uri = "null://"
                 "#
                 );
-                run_pipeline(&tokio, &runtime, &natives, scratch.path(), &text, messages)
+                run_pipeline(&tokio, &runtime, &natives, scratch.path(), &text, messages, None)
             };
             let wasm_rate = run(&wasm.display().to_string());
             let native_rate = run("native:pass");
@@ -204,7 +204,7 @@ fn main() {
         let batch: Vec<Message> = (0..256).map(|i| message(&spec, i, 0)).collect();
         let budget = InFlightBudget::new(256 << 20);
         let checks_ns = per_message(256, || {
-            let reservation = budget.reserve(&batch).now_or_never().expect("the budget has room");
+            let reservation = budget.reserve(weigh(&batch)).now_or_never().expect("the budget has room");
             drop(black_box(reservation));
         });
         let text = format!(
@@ -213,7 +213,7 @@ fn main() {
              [[sink]]\nname = \"null\"\nuri = \"null://\"\nbatch = {{ max_size = 256, max_wait_ms = 10 }}\n",
             wasm.display()
         );
-        let trip_ns = 1e9 / run_pipeline(&tokio, &runtime, &natives, scratch.path(), &text, messages);
+        let trip_ns = 1e9 / run_pipeline(&tokio, &runtime, &natives, scratch.path(), &text, messages, None);
         // Metrics (`GET /metrics`): with the recorder installed, a batch
         // pays one histogram sample per plugin call and a source's two
         // counter adds over its weighed bytes; the rest is read at scrape.
@@ -229,7 +229,7 @@ fn main() {
         // The whole trip again, with the recorder installed and the
         // pipeline's counters registered for scraping.
         let with_metrics_ns = 1e9
-            / run_pipeline_with(
+            / run_pipeline(
                 &tokio,
                 &runtime,
                 &natives,
@@ -287,19 +287,9 @@ fn per_message(batch: usize, mut f: impl FnMut()) -> f64 {
     started.elapsed().as_nanos() as f64 / (calls as f64 * batch as f64)
 }
 
+/// Runs `text` to its end; messages per second. With `telemetry`, the
+/// pipeline's counters are registered for `/metrics` as `weir run` does.
 fn run_pipeline(
-    tokio: &tokio::runtime::Runtime,
-    runtime: &Runtime,
-    natives: &NativeStages,
-    dir: &Path,
-    text: &str,
-    messages: u64,
-) -> f64 {
-    run_pipeline_with(tokio, runtime, natives, dir, text, messages, None)
-}
-
-/// [`run_pipeline`], registering the pipeline's counters with `telemetry`.
-fn run_pipeline_with(
     tokio: &tokio::runtime::Runtime,
     runtime: &Runtime,
     natives: &NativeStages,

@@ -33,7 +33,7 @@ use crate::config::{ConfigError, Format, PipelineConfig, SinkConfig, SourceConfi
 use crate::message::Message;
 use crate::pipeline::ack::{AckToken, AckTracker, Released};
 use crate::pipeline::batch::Batch;
-use crate::pipeline::budget::{InFlightBudget, Reservation};
+use crate::pipeline::budget::{InFlightBudget, Reservation, weigh};
 use crate::pipeline::control::Control;
 use crate::pipeline::dead_letter::DeadLetter;
 
@@ -143,8 +143,9 @@ impl SourceContext {
             return Ok(());
         }
         // Wait for room in the in-flight budget (backpressure in bytes).
-        token.hold(self.budget.reserve(&messages).await);
-        self.send(messages, token).await
+        let bytes = weigh(&messages);
+        token.hold(self.budget.reserve(bytes).await);
+        self.hand_on(messages, token, bytes).await
     }
 
     /// Reserves room for `messages` in the pipeline's in-flight budget,
@@ -152,7 +153,7 @@ impl SourceContext {
     /// than wait (the HTTP collector) reserves first, under a timeout, and
     /// then hands the batches on with [`SourceContext::send`].
     pub async fn reserve(&self, messages: &[Message]) -> Reservation {
-        self.budget.reserve(messages).await
+        self.budget.reserve(weigh(messages)).await
     }
 
     /// Hands a batch on without reserving budget: the caller reserved it.
@@ -160,7 +161,12 @@ impl SourceContext {
         if messages.is_empty() {
             return Ok(());
         }
-        let bytes: usize = messages.iter().map(Message::size).sum();
+        let bytes = weigh(&messages);
+        self.hand_on(messages, token, bytes).await
+    }
+
+    /// Sends a batch of `bytes` downstream and counts it.
+    async fn hand_on(&self, messages: Vec<Message>, token: AckToken, bytes: usize) -> Result<(), Stopped> {
         let events = messages.len() as u64;
         self.downstream.send(Batch::from_source(messages, token)).await.map_err(|_| Stopped)?;
         self.stats.events.fetch_add(events, Ordering::Relaxed);

@@ -216,3 +216,14 @@ impl Groups {
         all
     }
 }
+
+/// Waits until `deadline`: at once when it has passed (a batch due now, e.g.
+/// with `max_wait_ms = 0`, must not wait for the timer's next millisecond
+/// tick), never without one.
+pub async fn until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) if deadline <= Instant::now() => {}
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}

@@ -32,10 +32,9 @@ impl InFlightBudget {
         InFlightBudget { units: Arc::new(Semaphore::new(total_units as usize)), total_units }
     }
 
-    /// Waits until `messages` fit, then reserves their bytes. A batch larger
-    /// than the whole budget waits for all of it and then runs alone.
-    pub async fn reserve(&self, messages: &[Message]) -> Reservation {
-        let bytes: usize = messages.iter().map(Message::size).sum();
+    /// Waits until `bytes` fit, then reserves them. A batch larger than the
+    /// whole budget waits for all of it and then runs alone.
+    pub async fn reserve(&self, bytes: usize) -> Reservation {
         let units = u32::try_from(bytes.div_ceil(UNIT)).unwrap_or(u32::MAX).clamp(1, self.total_units);
         let permit =
             self.units.clone().acquire_many_owned(units).await.expect("the budget's semaphore is never closed");
@@ -46,6 +45,11 @@ impl InFlightBudget {
     pub fn in_use(&self) -> usize {
         (self.total_units as usize - self.units.available_permits()) * UNIT
     }
+}
+
+/// What `messages` weigh against the budget.
+pub fn weigh(messages: &[Message]) -> usize {
+    messages.iter().map(Message::size).sum()
 }
 
 /// Bytes reserved by one source batch; returned when dropped.
@@ -67,10 +71,9 @@ mod tests {
     #[tokio::test]
     async fn sources_wait_until_reserved_bytes_come_back() {
         let budget = InFlightBudget::new(10 * UNIT);
-        let first = budget.reserve(&[message(6 * UNIT)]).await;
+        let first = budget.reserve(weigh(&[message(6 * UNIT)])).await;
         assert_eq!(budget.in_use(), 6 * UNIT);
-        let five = [message(5 * UNIT)];
-        let second = budget.reserve(&five);
+        let second = budget.reserve(5 * UNIT);
         tokio::pin!(second);
         assert!(second.as_mut().now_or_never().is_none(), "over budget: must wait");
         drop(first);
@@ -78,7 +81,7 @@ mod tests {
         assert_eq!(budget.in_use(), 5 * UNIT);
         // Larger than the whole budget: waits for all of it, then runs.
         drop(_second);
-        let huge = budget.reserve(&[message(100 * UNIT)]).await;
+        let huge = budget.reserve(100 * UNIT).await;
         assert_eq!(budget.in_use(), 10 * UNIT);
         drop(huge);
         assert_eq!(budget.in_use(), 0);

@@ -59,7 +59,6 @@ pub(crate) async fn dispatch(
     let DispatchOptions { mode, policy, group_by, shutdown, dispatched } = options;
     // Partition dispatch batches per instance; the others share one set.
     let sets = if matches!(mode, Mode::Partition(_)) { instances.len() } else { 1 };
-    let send_at_once = policy.max_wait.is_zero();
     let groups = (0..sets).map(|_| Groups::new(policy)).collect();
     let mut dispatcher = Dispatcher { instances, mode, group_by, groups, seq: 0, next: 0, dispatched };
     let mut draining = false;
@@ -69,9 +68,7 @@ pub(crate) async fn dispatch(
             batch = input.recv() => match batch {
                 Some(batch) => {
                     dispatcher.accept(batch).await;
-                    // Stopping, or `max_wait_ms = 0`: nothing waits for the
-                    // timer's next millisecond tick.
-                    if draining || send_at_once {
+                    if draining {
                         dispatcher.flush_all().await;
                     }
                 }
@@ -81,17 +78,10 @@ pub(crate) async fn dispatch(
                 draining = true;
                 dispatcher.flush_all().await;
             }
-            _ = sleep_until(deadline) => dispatcher.flush_expired().await,
+            _ = super::batch::until(deadline) => dispatcher.flush_expired().await,
         }
     }
     dispatcher.flush_all().await;
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
-    }
 }
 
 struct Dispatcher {

@@ -78,7 +78,6 @@ pub(crate) async fn run(
     control: Control,
     dead_letter: Option<DeadLetter>,
 ) -> Result<()> {
-    let write_at_once = policy.max_wait.is_zero();
     let mut groups = Groups::new(policy);
     let shutdown = control.shutdown().clone();
     let mut writer = Writer {
@@ -103,13 +102,6 @@ pub(crate) async fn run(
                     for (_, full) in group(&mut groups, batch, group_by.as_ref()) {
                         writer.write(full).await;
                     }
-                    // With `max_wait_ms = 0` a batch is due at once: write it
-                    // now, not on the timer's next millisecond tick.
-                    if write_at_once {
-                        for (_, due) in groups.take_all() {
-                            writer.write(due).await;
-                        }
-                    }
                     if draining {
                         for (_, rest) in groups.take_all() {
                             writer.write(rest).await;
@@ -123,7 +115,7 @@ pub(crate) async fn run(
                     writer.write(rest).await;
                 }
             }
-            _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => {
+            _ = super::batch::until(deadline) => {
                 for (_, expired) in groups.take_expired(Instant::now()) {
                     writer.write(expired).await;
                 }

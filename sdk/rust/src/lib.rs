@@ -91,6 +91,27 @@ pub mod counter {
     }
 }
 
+/// The instance every export macro keeps (one per WASM instance, set by
+/// `init`) and the `init_instance` that builds it from the stage's config.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __instance {
+    ($type:ty, $trait:ident) => {
+        ::std::thread_local! {
+            static INSTANCE: ::std::cell::RefCell<::std::option::Option<$type>> =
+                const { ::std::cell::RefCell::new(::std::option::Option::None) };
+        }
+
+        fn init_instance(
+            config: ::std::vec::Vec<(::std::string::String, ::std::string::String)>,
+        ) -> ::std::result::Result<(), ::std::string::String> {
+            let instance = <$type as $crate::$trait>::init($crate::Config::new(config))?;
+            INSTANCE.with(|cell| *cell.borrow_mut() = ::std::option::Option::Some(instance));
+            ::std::result::Result::Ok(())
+        }
+    };
+}
+
 /// Exports a [`Processor`] type as the plugin's processor world: by default
 /// `processor-packed` (one buffer per batch), or `processor` with the SDK's
 /// `record-world` feature.
@@ -101,10 +122,7 @@ macro_rules! export_processor {
         const _: () = {
             use $crate::__private::processor_packed_world::Guest;
 
-            ::std::thread_local! {
-                static INSTANCE: ::std::cell::RefCell<::std::option::Option<$processor>> =
-                    const { ::std::cell::RefCell::new(::std::option::Option::None) };
-            }
+            $crate::__instance!($processor, Processor);
 
             struct WeirProcessor;
 
@@ -112,9 +130,7 @@ macro_rules! export_processor {
                 fn init(
                     config: ::std::vec::Vec<(::std::string::String, ::std::string::String)>,
                 ) -> ::std::result::Result<(), ::std::string::String> {
-                    let processor = <$processor as $crate::Processor>::init($crate::Config::new(config))?;
-                    INSTANCE.with(|cell| *cell.borrow_mut() = ::std::option::Option::Some(processor));
-                    ::std::result::Result::Ok(())
+                    init_instance(config)
                 }
 
                 fn process_packed(batch: ::std::vec::Vec<u8>) -> ::std::vec::Vec<u8> {
@@ -139,10 +155,7 @@ macro_rules! export_aggregator {
         const _: () = {
             use $crate::__private::aggregator_packed_world::Guest;
 
-            ::std::thread_local! {
-                static INSTANCE: ::std::cell::RefCell<::std::option::Option<$aggregator>> =
-                    const { ::std::cell::RefCell::new(::std::option::Option::None) };
-            }
+            $crate::__instance!($aggregator, Aggregator);
 
             struct WeirAggregator;
 
@@ -150,9 +163,7 @@ macro_rules! export_aggregator {
                 fn init(
                     config: ::std::vec::Vec<(::std::string::String, ::std::string::String)>,
                 ) -> ::std::result::Result<(), ::std::string::String> {
-                    let aggregator = <$aggregator as $crate::Aggregator>::init($crate::Config::new(config))?;
-                    INSTANCE.with(|cell| *cell.borrow_mut() = ::std::option::Option::Some(aggregator));
-                    ::std::result::Result::Ok(())
+                    init_instance(config)
                 }
 
                 fn process_batch_packed(
@@ -181,10 +192,7 @@ macro_rules! export_processor {
         const _: () = {
             use $crate::__private::processor_world::Guest;
 
-            ::std::thread_local! {
-                static INSTANCE: ::std::cell::RefCell<::std::option::Option<$processor>> =
-                    const { ::std::cell::RefCell::new(::std::option::Option::None) };
-            }
+            $crate::__instance!($processor, Processor);
 
             struct WeirProcessor;
 
@@ -192,9 +200,7 @@ macro_rules! export_processor {
                 fn init(
                     config: ::std::vec::Vec<(::std::string::String, ::std::string::String)>,
                 ) -> ::std::result::Result<(), ::std::string::String> {
-                    let processor = <$processor as $crate::Processor>::init($crate::Config::new(config))?;
-                    INSTANCE.with(|cell| *cell.borrow_mut() = ::std::option::Option::Some(processor));
-                    ::std::result::Result::Ok(())
+                    init_instance(config)
                 }
 
                 fn process(batch: ::std::vec::Vec<$crate::Message>) -> ::std::vec::Vec<$crate::Outcome> {
@@ -221,10 +227,7 @@ macro_rules! export_aggregator {
         const _: () = {
             use $crate::__private::aggregator_world::Guest;
 
-            ::std::thread_local! {
-                static INSTANCE: ::std::cell::RefCell<::std::option::Option<$aggregator>> =
-                    const { ::std::cell::RefCell::new(::std::option::Option::None) };
-            }
+            $crate::__instance!($aggregator, Aggregator);
 
             struct WeirAggregator;
 
@@ -232,9 +235,7 @@ macro_rules! export_aggregator {
                 fn init(
                     config: ::std::vec::Vec<(::std::string::String, ::std::string::String)>,
                 ) -> ::std::result::Result<(), ::std::string::String> {
-                    let aggregator = <$aggregator as $crate::Aggregator>::init($crate::Config::new(config))?;
-                    INSTANCE.with(|cell| *cell.borrow_mut() = ::std::option::Option::Some(aggregator));
-                    ::std::result::Result::Ok(())
+                    init_instance(config)
                 }
 
                 fn process_batch(
