@@ -313,6 +313,7 @@ fn build_refuses_a_missing_folder() {
 
 #[test]
 fn build_refuses_a_crate_that_builds_but_is_not_a_plugin() {
+    toolchains(false);
     let dir = workspace().join("tests/plugins/not-a-plugin");
     let output = run_weir(&["build", path_str(&dir)], LIMIT);
     let (stdout, stderr) = text(&output);

@@ -211,6 +211,8 @@ struct Endpoint {
     port: u16,
     accepted: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     requests: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// `x-tenant` and `authorization` of every request, in arrival order.
+    headers: std::sync::Arc<std::sync::Mutex<Vec<(Option<String>, Option<String>)>>>,
     _runtime: tokio::runtime::Runtime,
 }
 
@@ -221,13 +223,16 @@ impl Endpoint {
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
         let accepted: Arc<Mutex<Vec<String>>> = Arc::default();
         let requests: Arc<AtomicUsize> = Arc::default();
+        let headers: Arc<Mutex<Vec<(Option<String>, Option<String>)>>> = Arc::default();
         let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
         let port = listener.local_addr().unwrap().port();
         let app = axum::Router::new().route(
             "/in",
             axum::routing::post({
-                let (accepted, requests) = (accepted.clone(), requests.clone());
-                move |body: String| async move {
+                let (accepted, requests, seen) = (accepted.clone(), requests.clone(), headers.clone());
+                move |request_headers: axum::http::HeaderMap, body: String| async move {
+                    let header = |name: &str| request_headers.get(name).map(|v| v.to_str().unwrap().to_string());
+                    seen.lock().unwrap().push((header("x-tenant"), header("authorization")));
                     let status = answer(requests.fetch_add(1, Ordering::SeqCst), &body);
                     if (200..300).contains(&status) {
                         accepted.lock().unwrap().push(body);
@@ -237,7 +242,7 @@ impl Endpoint {
             }),
         );
         runtime.spawn(async move { axum::serve(listener, app).await.unwrap() });
-        Endpoint { port, accepted, requests, _runtime: runtime }
+        Endpoint { port, accepted, requests, headers, _runtime: runtime }
     }
 
     /// The values of every accepted body's lines.
@@ -278,6 +283,30 @@ fn the_http_sink_posts_ndjson_batches_and_retries_server_errors() {
     expected.sort();
     assert_eq!(values, expected, "every message accepted exactly once");
     assert_eq!(endpoint.requests.load(std::sync::atomic::Ordering::SeqCst), 6, "4 batches + 2 retries");
+}
+
+#[test]
+fn the_http_sink_sends_its_headers_and_bearer_token() {
+    let endpoint = Endpoint::start(|_, _| 200);
+    let scratch = Scratch::new();
+    let uri = format!("http://127.0.0.1:{}/in", endpoint.port);
+    let pipeline = sink_pipeline(&scratch, &lines(0..10), &uri, 5).replace(
+        "retry_backoff_ms = 10\n",
+        "retry_backoff_ms = 10\ntoken_env = \"SINK_TOKEN\"\nheaders = { x-tenant = \"acme\" }\n",
+    );
+    let output = scratch.start_with_env(&pipeline, &[("SINK_TOKEN", "s3cret")]).wait(LIMIT);
+    assert_eq!(output.0, Some(0), "{}", output.1);
+    let seen = endpoint.headers.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2, "two batches of 5: {seen:?}");
+    for (tenant, authorization) in seen {
+        assert_eq!(tenant.as_deref(), Some("acme"));
+        assert_eq!(authorization.as_deref(), Some("Bearer s3cret"));
+    }
+    assert!(!output.1.contains("s3cret"), "the token is never logged: {}", output.1);
+    // Without the variable the run is refused before it starts.
+    let refused = scratch.run(&pipeline, LIMIT);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(refusal(&refused).contains("`token_env` names `SINK_TOKEN`, but that environment variable is not set"));
 }
 
 #[test]

@@ -1,11 +1,10 @@
 //! The Kafka connector against real Kafka-protocol brokers.
 //!
 //! The end-to-end tests run the `weir` binary against nisshi (a Kafka-
-//! compatible broker, found on PATH as `nisshi`, started on a free port with
-//! in-memory storage); without it on PATH they run against librdkafka's
-//! built-in cluster instead, which serves real TCP too, and say so. The
-//! broker-fault test always uses the built-in cluster (it can take a broker
-//! down and up). Every test counts messages exactly: nothing lost, and
+//! compatible broker, found on PATH as `nisshi` or installed by the harness
+//! when missing, started on a free port with in-memory storage). The
+//! broker-fault test uses librdkafka's built-in cluster, which serves real
+//! TCP too and can take a broker down and up. Every test counts messages exactly: nothing lost, and
 //! duplicates (at-least-once) only where the semantics allow them.
 
 mod support;
@@ -59,25 +58,16 @@ impl Drop for Broker {
     }
 }
 
-fn on_path(binary: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(binary).is_file()))
-}
-
 impl Broker {
-    /// nisshi when it is installed, else the built-in cluster.
+    /// nisshi, installed first when it is missing (see `support::nisshi`).
     fn start() -> Broker {
-        if on_path("nisshi") {
-            Broker::nisshi()
-        } else {
-            eprintln!("nisshi is not on PATH: running on librdkafka's built-in cluster");
-            Broker::mock()
-        }
+        Broker::nisshi()
     }
 
     fn nisshi() -> Broker {
         let port = free_port();
         let url = format!("tcp://127.0.0.1:{port}");
-        let child = Command::new("nisshi")
+        let child = Command::new(nisshi())
             .args(["broker", &format!("--listener-url={url}"), &format!("--advertised-listener-url={url}")])
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -25,6 +25,7 @@ fn unique(tag: &str) -> String {
 }
 
 fn connect(addr: &str) -> redis::Connection {
+    redis_server();
     redis::Client::open(format!("redis://{addr}/"))
         .and_then(|c| c.get_connection())
         .unwrap_or_else(|e| panic!("Redis at {addr} (run .ci/run or start redis-server): {e}"))

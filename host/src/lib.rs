@@ -17,5 +17,6 @@ pub mod plugin;
 pub use message::{Header, Message, Origin, Outcome, Output};
 pub mod cli;
 pub mod connectors;
+pub mod flow;
 pub mod pipeline;
 pub mod telemetry;

@@ -16,7 +16,7 @@ use std::sync::{Arc, OnceLock};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use parking_lot::Mutex;
 
-use crate::pipeline::budget::InFlightBudget;
+use crate::flow::budget::InFlightBudget;
 use crate::pipeline::sink::SinkStats;
 use crate::pipeline::stage::StageStats;
 use crate::plugin::StageContext;
@@ -69,7 +69,7 @@ pub struct Telemetry {
 
 #[derive(Default)]
 struct Parts {
-    sources: Vec<(String, Arc<crate::connectors::SourceStats>)>,
+    sources: Vec<(String, Arc<crate::flow::SourceStats>)>,
     stages: Vec<(Arc<StageContext>, Arc<StageStats>)>,
     sinks: Vec<(String, &'static str, Arc<SinkStats>)>,
     budget: Option<InFlightBudget>,
@@ -81,7 +81,7 @@ impl Telemetry {
         Arc::new(Telemetry::default())
     }
 
-    pub(crate) fn source(&self, name: &str, stats: Arc<crate::connectors::SourceStats>) {
+    pub(crate) fn source(&self, name: &str, stats: Arc<crate::flow::SourceStats>) {
         self.parts.lock().sources.push((name.to_string(), stats));
     }
 

@@ -63,6 +63,86 @@ pub fn toolchains(python_and_js: bool) {
     });
 }
 
+/// Makes sure a Redis server answers on 127.0.0.1:6379, the address the
+/// Redis tests use: when none does, starts the machine's `redis-server`
+/// (saying so). Without `redis-server` the test fails with the command that
+/// installs it: never a silent skip.
+pub fn redis_server() {
+    static STARTED: OnceLock<()> = OnceLock::new();
+    STARTED.get_or_init(|| {
+        let answers =
+            || std::net::TcpStream::connect_timeout(&"127.0.0.1:6379".parse().unwrap(), Duration::from_secs(1)).is_ok();
+        if answers() {
+            return;
+        }
+        provision(
+            "a Redis server on 127.0.0.1:6379 (none was answering)",
+            Command::new("redis-server").args([
+                "--daemonize",
+                "yes",
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                "6379",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ]),
+        );
+        assert!(
+            wait_until(Duration::from_secs(10), answers),
+            "redis-server was started but 127.0.0.1:6379 does not answer"
+        );
+    });
+}
+
+/// The nisshi binary (a Kafka-compatible broker the Kafka tests start):
+/// from PATH, else installed once with `cargo +nightly install` (it needs a
+/// newer rustc than stable; this takes about half an hour), saying so.
+pub fn nisshi() -> PathBuf {
+    static NISSHI: OnceLock<PathBuf> = OnceLock::new();
+    NISSHI
+        .get_or_init(|| {
+            let on_path = std::env::var_os("PATH")
+                .and_then(|paths| std::env::split_paths(&paths).map(|dir| dir.join("nisshi")).find(|p| p.is_file()));
+            if let Some(path) = on_path {
+                return path;
+            }
+            let cargo_home = std::env::var_os("CARGO_HOME")
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".cargo")))
+                .expect("CARGO_HOME or HOME is set");
+            let installed = cargo_home.join("bin/nisshi");
+            if installed.is_file() {
+                return installed;
+            }
+            let toolchains = Command::new("rustup").args(["toolchain", "list"]).output().expect("running rustup");
+            if !String::from_utf8_lossy(&toolchains.stdout).lines().any(|l| l.starts_with("nightly")) {
+                provision(
+                    "the nightly toolchain (to build nisshi)",
+                    Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]),
+                );
+            }
+            provision(
+                "nisshi 0.8.1, the Kafka test broker (about 30 minutes)",
+                Command::new("cargo").args([
+                    "+nightly",
+                    "install",
+                    "nisshi",
+                    "--version",
+                    "0.8.1",
+                    "--no-default-features",
+                    "--features",
+                    "dynostore",
+                ]),
+            );
+            assert!(installed.is_file(), "cargo install nisshi finished but {} is missing", installed.display());
+            installed
+        })
+        .clone()
+}
+
 /// Runs an install command, loudly; fails the test naming it if it fails.
 fn provision(what: &str, command: &mut Command) {
     eprintln!("provisioning {what}: {command:?}");

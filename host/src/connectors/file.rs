@@ -18,18 +18,38 @@ use async_trait::async_trait;
 use tokio::io::AsyncWriteExt;
 
 use super::lines::LineLimits;
-use super::{Params, Sink, Source, SourceContext, format, lines};
+use super::{Connector, Settings, Sink, SinkSpec, Source, SourceContext, SourceSpec, SpecError, format, lines};
 use crate::config::{Format, PipelineConfig};
 use crate::message::Message;
 
-fn parse_path(rest: &str, pipeline: &PipelineConfig) -> Result<PathBuf, String> {
-    let params = Params::parse(rest, "file")?;
-    let path = params.path.clone();
-    params.finish()?;
-    if path.is_empty() {
+/// The `file://` connector.
+pub const CONNECTOR: Connector = Connector {
+    schemes: &["file"],
+    source: Some(|args| {
+        let limits = args.line_limits()?;
+        Ok(Box::new(FileSourceSpec::parse(&args.settings, args.format, limits, args.pipeline)?))
+    }),
+    sink: Some(|args| Ok(Box::new(FileSinkSpec::parse(&args.settings, args.format, args.pipeline)?))),
+};
+
+fn parse_path(settings: &Settings, pipeline: &PipelineConfig) -> Result<PathBuf, SpecError> {
+    if settings.path.is_empty() {
         return Err("file:// needs a path, e.g. file:///data/in.ndjson".into());
     }
-    Ok(pipeline.resolve(&path))
+    Ok(pipeline.resolve(&settings.path))
+}
+
+impl SourceSpec for FileSourceSpec {
+    fn open(&self) -> Result<Box<dyn Source>> {
+        Ok(Box::new(FileSource::new(self.clone())))
+    }
+}
+
+#[async_trait]
+impl SinkSpec for FileSinkSpec {
+    async fn open(&self) -> Result<Box<dyn Sink>> {
+        Ok(Box::new(FileSink::open(self).await?))
+    }
 }
 
 /// A file source: where and how to read.
@@ -45,12 +65,12 @@ pub struct FileSourceSpec {
 
 impl FileSourceSpec {
     pub(crate) fn parse(
-        rest: &str,
+        settings: &Settings,
         format: Format,
         limits: LineLimits,
         pipeline: &PipelineConfig,
-    ) -> Result<Self, String> {
-        let path = parse_path(rest, pipeline)?;
+    ) -> Result<Self, SpecError> {
+        let path = parse_path(settings, pipeline)?;
         check_readable(&path)?;
         Ok(FileSourceSpec { path, format, limits })
     }
@@ -131,12 +151,12 @@ pub struct FileSinkSpec {
 }
 
 impl FileSinkSpec {
-    pub(crate) fn parse(rest: &str, format: Format, pipeline: &PipelineConfig) -> Result<Self, String> {
-        let path = parse_path(rest, pipeline)?;
+    pub(crate) fn parse(settings: &Settings, format: Format, pipeline: &PipelineConfig) -> Result<Self, SpecError> {
+        let path = parse_path(settings, pipeline)?;
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
             && !dir.is_dir()
         {
-            return Err(format!("output folder {} does not exist", dir.display()));
+            return Err(format!("output folder {} does not exist", dir.display()).into());
         }
         Ok(FileSinkSpec { path, format })
     }

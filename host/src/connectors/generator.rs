@@ -17,9 +17,25 @@ use anyhow::Result;
 use async_trait::async_trait;
 use std::io::Write;
 
-use super::{LineLimits, Params, Source, SourceContext};
+use super::{Connector, LineLimits, Settings, Source, SourceContext, SourceSpec, SpecError};
 use crate::config::ranges;
 use crate::message::{Header, Message};
+
+/// The `gen://` connector (a source only).
+pub const CONNECTOR: Connector = Connector {
+    schemes: &["gen"],
+    source: Some(|args| {
+        let limits = args.line_limits()?;
+        Ok(Box::new(GenSpec::parse(&mut args.settings, limits)?))
+    }),
+    sink: None,
+};
+
+impl SourceSpec for GenSpec {
+    fn open(&self) -> Result<Box<dyn Source>> {
+        Ok(Box::new(GenSource::new(self.clone())))
+    }
+}
 
 /// What to generate.
 #[derive(Debug, Clone)]
@@ -37,13 +53,13 @@ pub struct GenSpec {
 }
 
 impl GenSpec {
-    pub(crate) fn parse(rest: &str, limits: LineLimits) -> Result<Self, String> {
-        let mut params = Params::parse(rest, "gen")?;
+    pub(crate) fn parse(params: &mut Settings, limits: LineLimits) -> Result<Self, SpecError> {
         if !params.path.is_empty() {
             return Err(format!(
                 "gen:// takes no path (got `{}`); use query parameters, e.g. gen://?count=100",
                 params.path
-            ));
+            )
+            .into());
         }
         let spec = GenSpec {
             count: params.take_parsed("count")?,
@@ -55,7 +71,6 @@ impl GenSpec {
             keys: params.take_parsed("keys")?.unwrap_or(16),
             batch: limits.batch,
         };
-        params.finish()?;
         Ok(spec)
     }
 }
@@ -130,8 +145,7 @@ impl Source for GenSource {
             let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
             let messages: Vec<Message> = (seq..seq + n).map(|s| message(&spec, s, now_ms)).collect();
             seq += n;
-            let token = tracker.register(0, seq, messages.len());
-            if ctx.emit(messages, token).await.is_err() {
+            if ctx.hand_over(&tracker, 0, seq, messages.into()).await.is_err() {
                 break;
             }
             while released.try_recv().is_ok() {}

@@ -5,7 +5,7 @@
 use anyhow::{Context, Result, bail};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, BufReader};
 
-use super::{SourceContext, format};
+use super::{Read, SourceContext, format};
 use crate::config::Format;
 use crate::message::{Message, Origin};
 
@@ -78,12 +78,7 @@ pub async fn run<R: AsyncRead + Unpin>(
         if messages.is_empty() && rejected.is_empty() {
             continue;
         }
-        let token = tracker.register(0, line_no, messages.len() + rejected.len());
-        for (message, reason) in rejected {
-            tracing::warn!(source = ctx.name(), "{reason}");
-            ctx.reject(message, reason, token.clone()).await;
-        }
-        if ctx.emit(messages, token).await.is_err() {
+        if ctx.hand_over(&tracker, 0, line_no, Read { messages, rejected }).await.is_err() {
             break;
         }
         while let Ok((_, position)) = released.try_recv() {

@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-use super::{Params, Sink, Source, SourceContext};
+use super::{Connector, Settings, Sink, SinkSpec, Source, SourceContext, SourceSpec, SpecError};
 use crate::message::Message;
 
 /// An input queue.
@@ -125,12 +125,31 @@ pub fn output(name: &str) -> Arc<MemoryOutput> {
     hub().outputs.lock().entry(name.to_string()).or_default().clone()
 }
 
-fn parse_name(rest: &str) -> Result<Params, String> {
-    let params = Params::parse(rest, "memory")?;
-    if params.path.is_empty() || params.path.contains('/') {
-        return Err(format!("memory:// needs a plain name, e.g. memory://in (got `{}`)", params.path));
+/// The `memory://` connector (in-process queues, for tests and embedding).
+pub const CONNECTOR: Connector = Connector {
+    schemes: &["memory"],
+    source: Some(|args| Ok(Box::new(MemorySourceSpec::parse(&args.settings, args.batch)?))),
+    sink: Some(|args| Ok(Box::new(MemorySinkSpec::parse(&mut args.settings)?))),
+};
+
+fn parse_name(settings: &Settings) -> Result<String, SpecError> {
+    if settings.path.is_empty() || settings.path.contains('/') {
+        return Err(format!("memory:// needs a plain name, e.g. memory://in (got `{}`)", settings.path).into());
     }
-    Ok(params)
+    Ok(settings.path.clone())
+}
+
+impl SourceSpec for MemorySourceSpec {
+    fn open(&self) -> Result<Box<dyn Source>> {
+        Ok(Box::new(MemorySource::new(self.clone())))
+    }
+}
+
+#[async_trait]
+impl SinkSpec for MemorySinkSpec {
+    async fn open(&self) -> Result<Box<dyn Sink>> {
+        Ok(Box::new(MemorySink::new(self.clone())))
+    }
 }
 
 /// A memory source: which queue, and the batch size.
@@ -143,11 +162,8 @@ pub struct MemorySourceSpec {
 }
 
 impl MemorySourceSpec {
-    pub(crate) fn parse(rest: &str, batch: usize) -> Result<Self, String> {
-        let params = parse_name(rest)?;
-        let name = params.path.clone();
-        params.finish()?;
-        Ok(MemorySourceSpec { name, batch })
+    pub(crate) fn parse(settings: &Settings, batch: usize) -> Result<Self, SpecError> {
+        Ok(MemorySourceSpec { name: parse_name(settings)?, batch })
     }
 }
 
@@ -185,8 +201,7 @@ impl Source for MemorySource {
             };
             if !batch.is_empty() {
                 let end = first + batch.len() as u64;
-                let token = tracker.register(0, (first, end), batch.len());
-                if ctx.emit(batch, token).await.is_err() {
+                if ctx.hand_over(&tracker, 0, (first, end), batch.into()).await.is_err() {
                     break;
                 }
             } else if closed {
@@ -220,11 +235,9 @@ pub struct MemorySinkSpec {
 }
 
 impl MemorySinkSpec {
-    pub(crate) fn parse(rest: &str) -> Result<Self, String> {
-        let mut params = parse_name(rest)?;
-        let name = params.path.clone();
-        let delay = Duration::from_millis(params.take_parsed("delay_ms")?.unwrap_or(0));
-        params.finish()?;
+    pub(crate) fn parse(settings: &mut Settings) -> Result<Self, SpecError> {
+        let name = parse_name(settings)?;
+        let delay = Duration::from_millis(settings.take_parsed("delay_ms")?.unwrap_or(0));
         Ok(MemorySinkSpec { name, delay })
     }
 }

@@ -7,8 +7,19 @@ use std::time::Duration;
 use anyhow::Result;
 use async_trait::async_trait;
 
-use super::{Params, Sink};
+use super::{Connector, Settings, Sink, SinkSpec, SpecError};
 use crate::message::Message;
+
+/// The `null://` connector (a sink only).
+pub const CONNECTOR: Connector =
+    Connector { schemes: &["null"], source: None, sink: Some(|args| Ok(Box::new(NullSink::parse(&mut args.settings)?))) };
+
+#[async_trait]
+impl SinkSpec for NullSink {
+    async fn open(&self) -> Result<Box<dyn Sink>> {
+        Ok(Box::new(self.clone()))
+    }
+}
 
 /// Counts and discards, optionally slowly.
 #[derive(Debug, Default, Clone)]
@@ -19,13 +30,11 @@ pub struct NullSink {
 
 impl NullSink {
     /// Parses what follows `null://`.
-    pub(crate) fn parse(rest: &str) -> Result<Self, String> {
-        let mut params = Params::parse(rest, "null")?;
-        if !params.path.is_empty() {
-            return Err(format!("null:// takes no path (got `{}`)", params.path));
+    pub(crate) fn parse(settings: &mut Settings) -> Result<Self, SpecError> {
+        if !settings.path.is_empty() {
+            return Err(format!("null:// takes no path (got `{}`)", settings.path).into());
         }
-        let delay = Duration::from_millis(params.take_parsed("delay_ms")?.unwrap_or(0));
-        params.finish()?;
+        let delay = Duration::from_millis(settings.take_parsed("delay_ms")?.unwrap_or(0));
         Ok(NullSink { delay, messages: 0 })
     }
 }

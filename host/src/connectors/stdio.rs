@@ -5,9 +5,39 @@ use async_trait::async_trait;
 use tokio::io::AsyncWriteExt;
 
 use super::lines::LineLimits;
-use super::{Params, Sink, Source, SourceContext, format, lines};
+use super::{Connector, Sink, SinkSpec, Source, SourceContext, SourceSpec, format, lines};
 use crate::config::Format;
 use crate::message::Message;
+
+/// The `stdio://` connector: it takes no path and no settings.
+pub const CONNECTOR: Connector = Connector {
+    schemes: &["stdio"],
+    source: Some(|args| {
+        let limits = args.line_limits()?;
+        Ok(Box::new(StdinSpec { format: args.format, limits }))
+    }),
+    sink: Some(|args| Ok(Box::new(StdoutSpec { format: args.format }))),
+};
+
+impl SourceSpec for StdinSpec {
+    fn open(&self) -> Result<Box<dyn Source>> {
+        Ok(Box::new(StdinSource::new(self.clone())))
+    }
+}
+
+/// How to write standard output.
+#[derive(Debug, Clone)]
+pub struct StdoutSpec {
+    /// Line format.
+    pub format: Format,
+}
+
+#[async_trait]
+impl SinkSpec for StdoutSpec {
+    async fn open(&self) -> Result<Box<dyn Sink>> {
+        Ok(Box::new(StdoutSink::new(self.format)))
+    }
+}
 
 /// How to read standard input.
 #[derive(Debug, Clone)]
@@ -16,13 +46,6 @@ pub struct StdinSpec {
     pub format: Format,
     /// Batch size and longest line.
     pub limits: LineLimits,
-}
-
-impl StdinSpec {
-    pub(crate) fn parse(rest: &str, format: Format, limits: LineLimits) -> Result<Self, String> {
-        Params::parse(rest, "stdio")?.finish()?;
-        Ok(StdinSpec { format, limits })
-    }
 }
 
 /// Reads standard input until it closes.

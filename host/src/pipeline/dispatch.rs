@@ -13,9 +13,9 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::batch::{Batch, BatchPolicy, Groups};
 use super::stage::Work;
 use crate::config::GroupBy;
+use crate::flow::batch::{Batch, BatchPolicy, Groups};
 
 /// How a stage's input is spread over instances.
 #[derive(Debug, Clone)]
@@ -78,7 +78,7 @@ pub(crate) async fn dispatch(
                 draining = true;
                 dispatcher.flush_all().await;
             }
-            _ = super::batch::until(deadline) => dispatcher.flush_expired().await,
+            _ = crate::flow::batch::until(deadline) => dispatcher.flush_expired().await,
         }
     }
     dispatcher.flush_all().await;

@@ -8,11 +8,6 @@
 //! halt) drains for at most `[shutdown] drain_timeout_ms`; then it gives up
 //! on what is still in flight (acknowledging none of it) and reports it.
 
-pub mod ack;
-pub mod batch;
-pub mod budget;
-pub mod control;
-pub mod dead_letter;
 pub mod dispatch;
 pub mod logic;
 pub mod router;
@@ -30,15 +25,16 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{ConfigError, Dispatch, GroupBy, PipelineConfig, StageConfig};
-use crate::connectors::{SinkSpec, SourceContext, SourceSpec};
+use crate::connectors::{self, SinkSpec, SourceSpec};
+use crate::flow::SourceContext;
+use crate::flow::batch::{Batch, BatchPolicy};
+use crate::flow::budget::InFlightBudget;
+use crate::flow::control::Control;
+use crate::flow::dead_letter::DeadLetter;
 use crate::plugin::state::StageState;
 use crate::plugin::swap::HotPlugin;
 use crate::plugin::{Runtime, StageContext};
 use crate::telemetry::Telemetry;
-use batch::{Batch, BatchPolicy};
-use budget::InFlightBudget;
-use control::Control;
-use dead_letter::DeadLetter;
 use logic::Runner;
 pub use logic::{NativeFn, NativeStages, StageLogic};
 use router::Downstream;
@@ -52,10 +48,10 @@ const STATE_SAVE_INTERVAL: Duration = Duration::from_secs(5);
 
 /// A pipeline that passed every check and is ready to run.
 pub struct Pipeline {
-    sources: Vec<(Arc<str>, SourceSpec)>,
+    sources: Vec<(Arc<str>, Box<dyn SourceSpec>)>,
     stages: Vec<PreparedStage>,
     sinks: Vec<PreparedSink>,
-    dead_letter: Option<(SinkSpec, RetryPolicy)>,
+    dead_letter: Option<(Arc<dyn SinkSpec>, RetryPolicy)>,
     watched: Vec<String>,
     drain_timeout: Duration,
     budget: InFlightBudget,
@@ -77,7 +73,7 @@ struct PreparedStage {
 
 struct PreparedSink {
     name: Arc<str>,
-    spec: SinkSpec,
+    spec: Arc<dyn SinkSpec>,
     routes: Vec<String>,
     batch: BatchPolicy,
     group_by: Option<GroupBy>,
@@ -149,7 +145,7 @@ impl Pipeline {
         let sources = config
             .sources
             .iter()
-            .map(|s| Ok((Arc::from(s.name.as_str()), SourceSpec::parse(s, config)?)))
+            .map(|s| Ok((Arc::from(s.name.as_str()), connectors::parse_source(s, config)?)))
             .collect::<Result<Vec<_>, ConfigError>>()?;
         let sinks = config
             .sinks
@@ -157,13 +153,13 @@ impl Pipeline {
             .map(|s| {
                 Ok(PreparedSink {
                     name: s.name.as_str().into(),
-                    spec: SinkSpec::parse(s, config)?,
+                    spec: connectors::parse_sink(s, config)?.into(),
                     routes: s.route.as_ref().map(|r| r.names()).unwrap_or_default(),
                     batch: BatchPolicy {
                         max_size: s.batch.max_size,
                         max_wait: Duration::from_millis(s.batch.max_wait_ms),
                     },
-                    group_by: s.batch.group_by.as_ref().map(|g| GroupBy::parse(g.get_ref(), true).expect("validated")),
+                    group_by: s.batch.group_by.as_ref().map(|g| g.get_ref().clone()),
                     retry: RetryPolicy { retries: s.retries, backoff: Duration::from_millis(s.retry_backoff_ms) },
                 })
             })
@@ -172,8 +168,9 @@ impl Pipeline {
             .dead_letter
             .as_ref()
             .map(|d| {
-                let spec = SinkSpec::parse_uri(d.uri.get_ref(), d.format, config)
-                    .map_err(|m| config.error_at(&d.uri, format!("[dead_letter]: {m}")))?;
+                let spec = connectors::parse_sink_uri(d.uri.get_ref(), d.format, &toml::Table::new(), config)
+                    .map_err(|m| config.error_at(&d.uri, format!("[dead_letter]: {m}")))?
+                    .into();
                 Ok((spec, RetryPolicy { retries: d.retries, backoff: Duration::from_millis(d.retry_backoff_ms) }))
             })
             .transpose()?;
@@ -564,13 +561,9 @@ fn prepare_stage(
     let mode = match stage.dispatch {
         Dispatch::RoundRobin => dispatch::Mode::RoundRobin,
         Dispatch::Broadcast => dispatch::Mode::Broadcast,
-        Dispatch::Partition => dispatch::Mode::Partition(
-            stage
-                .partition_by
-                .as_ref()
-                .map(|p| GroupBy::parse(p.get_ref(), false).expect("validated"))
-                .unwrap_or(GroupBy::Key),
-        ),
+        Dispatch::Partition => {
+            dispatch::Mode::Partition(stage.partition_by.as_ref().map(|p| p.get_ref().clone()).unwrap_or(GroupBy::Key))
+        }
     };
     Ok(PreparedStage {
         context,
@@ -581,7 +574,7 @@ fn prepare_stage(
         mode,
         ordered: stage.ordered,
         batch: BatchPolicy { max_size: stage.batch.max_size, max_wait: Duration::from_millis(stage.batch.max_wait_ms) },
-        group_by: stage.batch.group_by.as_ref().map(|g| GroupBy::parse(g.get_ref(), false).expect("validated")),
+        group_by: stage.batch.group_by.as_ref().map(|g| g.get_ref().clone()),
         policy: ErrorPolicy {
             on_error: stage.on_error,
             retries: stage.retries,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
-use super::batch::Batch;
+use crate::flow::batch::Batch;
 
 /// The destinations of one step's outputs.
 #[derive(Clone)]
@@ -26,7 +26,12 @@ pub struct Outputs {
 
 impl Outputs {
     /// Adds an output bound for `route` (or the default hop).
-    pub fn push(&mut self, message: crate::message::Message, token: super::ack::AckToken, route: Option<Arc<str>>) {
+    pub fn push(
+        &mut self,
+        message: crate::message::Message,
+        token: crate::flow::ack::AckToken,
+        route: Option<Arc<str>>,
+    ) {
         match route {
             None => self.default.push(message, token),
             Some(route) => {

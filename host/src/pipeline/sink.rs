@@ -20,12 +20,13 @@ use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::ack::done_all;
-use super::batch::{Batch, BatchPolicy, GroupBatch, Groups};
-use super::control::Control;
-use super::dead_letter::DeadLetter;
 use crate::config::{GroupBy, SinkRetries};
 use crate::connectors::{Refused, Rejected, Sink};
+use crate::flow::ack::done_all;
+use crate::flow::backoff::{self, Backoff};
+use crate::flow::batch::{Batch, BatchPolicy, GroupBatch, Groups};
+use crate::flow::control::Control;
+use crate::flow::dead_letter::DeadLetter;
 
 /// Counters of one sink.
 #[derive(Debug, Default)]
@@ -47,7 +48,7 @@ pub struct SinkStats {
 pub struct RetryPolicy {
     /// Retries after the first attempt, or forever.
     pub retries: SinkRetries,
-    /// The first backoff; it doubles up to [`MAX_BACKOFF`] (or itself, if
+    /// The first backoff; it doubles up to [`backoff::MAX`] (or itself, if
     /// longer).
     pub backoff: Duration,
 }
@@ -58,8 +59,6 @@ impl Default for RetryPolicy {
     }
 }
 
-/// Longest backoff between two write attempts (unless the first is longer).
-pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Attempts logged one by one before the log is limited to one line a second.
 const LOGGED_ATTEMPTS: u32 = 5;
 
@@ -115,7 +114,7 @@ pub(crate) async fn run(
                     writer.write(rest).await;
                 }
             }
-            _ = super::batch::until(deadline) => {
+            _ = crate::flow::batch::until(deadline) => {
                 for (_, expired) in groups.take_expired(Instant::now()) {
                     writer.write(expired).await;
                 }
@@ -184,8 +183,7 @@ impl Writer<'_> {
             self.stats.pending.fetch_sub(n as u64, Ordering::Relaxed);
             return;
         }
-        let mut backoff = self.retry.backoff;
-        let max_backoff = MAX_BACKOFF.max(self.retry.backoff);
+        let mut backoff = Backoff::new(self.retry.backoff, backoff::MAX);
         let mut failures = 0u32;
         let mut last_logged: Option<Instant> = None;
         let mut unlogged = 0u32;
@@ -258,8 +256,9 @@ impl Writer<'_> {
                     if unlogged > 0 { format!(" ({unlogged} more failed attempts not shown)") } else { String::new() };
                 tracing::warn!(
                     sink = self.name,
-                    "{}: write of {n} messages failed ({attempts}){skipped}, retrying in {backoff:?}: {text}",
-                    self.label
+                    "{}: write of {n} messages failed ({attempts}){skipped}, retrying in {:?}: {text}",
+                    self.label,
+                    backoff.peek()
                 );
                 last_logged = Some(now);
                 unlogged = 0;
@@ -267,7 +266,7 @@ impl Writer<'_> {
                 unlogged += 1;
             }
             tokio::select! {
-                _ = tokio::time::sleep(backoff) => {}
+                _ = tokio::time::sleep(backoff.next_delay()) => {}
                 // Halted meanwhile (elsewhere, or the drain timed out).
                 _ = self.control.halt_signal().cancelled() => {
                     self.given_up = true;
@@ -275,7 +274,6 @@ impl Writer<'_> {
                     return;
                 }
             }
-            backoff = (backoff * 2).max(Duration::from_millis(1)).min(max_backoff);
         }
     }
 

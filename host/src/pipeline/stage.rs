@@ -12,13 +12,13 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use super::ack::AckToken;
-use super::batch::Batch;
-use super::control::Control;
-use super::dead_letter::DeadLetter;
 use super::logic::{Runner, StageLogic};
 use super::router::{Downstream, Outputs};
 use crate::config::{OnError, RetryExhausted};
+use crate::flow::ack::AckToken;
+use crate::flow::batch::Batch;
+use crate::flow::control::Control;
+use crate::flow::dead_letter::DeadLetter;
 use crate::message::{Message, Outcome, Output};
 use crate::plugin::{InstanceError, StageContext, World};
 

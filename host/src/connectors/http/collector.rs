@@ -31,7 +31,7 @@ use super::HttpSourceSpec;
 use crate::config::Format;
 use crate::connectors::{Source, SourceContext, format};
 use crate::message::Message;
-use crate::pipeline::ack::AckToken;
+use crate::flow::ack::AckToken;
 
 /// Seconds a `503` asks the client to wait.
 const RETRY_AFTER_SECONDS: &str = "1";

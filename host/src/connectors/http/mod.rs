@@ -23,8 +23,40 @@ pub use collector::HttpCollector;
 pub use sink::{HttpSink, HttpSinkSpec};
 
 use super::lines::LineLimits;
-use super::params::Params;
+use super::{Connector, Settings, SinkSpec, Source, SourceSpec, SpecError};
 use crate::config::{Format, ranges};
+
+/// The `http://` / `https://` connector: a collector source (http only) and
+/// a POSTing sink.
+pub const CONNECTOR: Connector = Connector {
+    schemes: &["http", "https"],
+    source: Some(|args| {
+        if args.settings.scheme() != "http" {
+            return Err("an HTTP collector listens on plain http://; put TLS in front of it".into());
+        }
+        let limits = args.line_limits()?;
+        Ok(Box::new(HttpSourceSpec::parse(&mut args.settings, args.format, limits)?))
+    }),
+    sink: Some(|args| {
+        if args.format != Format::Ndjson {
+            return Err("an http sink writes ndjson; remove `format = \"raw\"`".into());
+        }
+        Ok(Box::new(HttpSinkSpec::parse(args.uri, &mut args.settings)?))
+    }),
+};
+
+impl SourceSpec for HttpSourceSpec {
+    fn open(&self) -> anyhow::Result<Box<dyn Source>> {
+        Ok(Box::new(HttpCollector::new(self.clone())))
+    }
+}
+
+#[async_trait::async_trait]
+impl SinkSpec for HttpSinkSpec {
+    async fn open(&self) -> anyhow::Result<Box<dyn super::Sink>> {
+        Ok(Box::new(HttpSink::new(self)))
+    }
+}
 
 /// Default largest request body.
 const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
@@ -52,8 +84,7 @@ pub struct HttpSourceSpec {
 
 impl HttpSourceSpec {
     /// Parses what follows `http://`.
-    pub(crate) fn parse(rest: &str, format: Format, limits: LineLimits) -> Result<Self, String> {
-        let mut params = Params::parse(rest, "http")?;
+    pub(crate) fn parse(params: &mut Settings, format: Format, limits: LineLimits) -> Result<Self, SpecError> {
         let (authority, path) = match params.path.find('/') {
             Some(slash) => (params.path[..slash].to_string(), params.path[slash..].to_string()),
             None => (params.path.clone(), "/".to_string()),
@@ -69,10 +100,11 @@ impl HttpSourceSpec {
             None => None,
             Some(var) => match std::env::var(&var) {
                 Ok(token) if !token.trim().is_empty() => Some(token.trim().to_string()),
-                _ => return Err(format!("`token_env` names `{var}`, but that environment variable is not set")),
+                _ => {
+                    return Err(format!("`token_env` names `{var}`, but that environment variable is not set").into());
+                }
             },
         };
-        params.finish()?;
         Ok(HttpSourceSpec { addr, path, format, limits, max_body_bytes, busy_timeout, token })
     }
 }
@@ -94,20 +126,24 @@ mod tests {
 
     const LIMITS: LineLimits = LineLimits { batch: 256, max_message_bytes: 1024 };
 
+    fn parse(rest: &str, format: Format) -> Result<HttpSourceSpec, String> {
+        let mut settings = Settings::parse(rest, "http", "source").map_err(|e| e.to_string())?;
+        HttpSourceSpec::parse(&mut settings, format, LIMITS).map_err(|e| e.to_string())
+    }
+
     #[test]
     fn address_path_and_parameters() {
-        let spec = HttpSourceSpec::parse("127.0.0.1:8080/ingest?max_body_bytes=100", Format::Ndjson, LIMITS).unwrap();
+        let spec = parse("127.0.0.1:8080/ingest?max_body_bytes=100", Format::Ndjson).unwrap();
         assert_eq!(
             (spec.addr.to_string().as_str(), spec.path.as_str(), spec.max_body_bytes),
             ("127.0.0.1:8080", "/ingest", 100)
         );
-        assert_eq!(HttpSourceSpec::parse("localhost:9", Format::Raw, LIMITS).unwrap().path, "/");
-        let err = HttpSourceSpec::parse("example.com/x", Format::Raw, LIMITS).unwrap_err();
+        assert_eq!(parse("localhost:9", Format::Raw).unwrap().path, "/");
+        let err = parse("example.com/x", Format::Raw).unwrap_err();
         assert!(err.contains("needs a listen address"), "{err}");
-        let err =
-            HttpSourceSpec::parse("127.0.0.1:1/x?token_env=WEIR_TEST_SURELY_UNSET", Format::Raw, LIMITS).unwrap_err();
+        let err = parse("127.0.0.1:1/x?token_env=WEIR_TEST_SURELY_UNSET", Format::Raw).unwrap_err();
         assert!(err.contains("`WEIR_TEST_SURELY_UNSET`, but that environment variable is not set"), "{err}");
-        let err = HttpSourceSpec::parse("127.0.0.1:1/x?max_body_bytes=0", Format::Raw, LIMITS).unwrap_err();
+        let err = parse("127.0.0.1:1/x?max_body_bytes=0", Format::Raw).unwrap_err();
         assert!(err.contains("max_body_bytes"), "{err}");
     }
 }

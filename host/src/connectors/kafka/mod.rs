@@ -64,31 +64,32 @@ use rdkafka::ClientConfig;
 pub use sink::KafkaSink;
 pub use source::KafkaSource;
 
-use super::Params;
+use super::{Connector, Settings, SinkSpec, Source, SourceSpec, SpecError, broker};
 use crate::config::ranges;
 
-/// Where a partition with no committed offset starts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Start {
-    /// The oldest retained message.
-    Earliest,
-    /// Only messages produced from now on.
-    Latest,
-    /// The first message at or after this timestamp (ms since the epoch).
-    Timestamp(i64),
-}
-
-impl Start {
-    fn parse(raw: &str) -> Result<Self, String> {
-        match raw {
-            "earliest" => Ok(Start::Earliest),
-            "latest" => Ok(Start::Latest),
-            other => other.parse::<i64>().ok().filter(|t| *t >= 0).map(Start::Timestamp).ok_or_else(|| {
-                format!("start `{other}`: expected earliest, latest or a timestamp in milliseconds since the epoch")
-            }),
-        }
+impl SourceSpec for KafkaSourceSpec {
+    fn open(&self) -> anyhow::Result<Box<dyn Source>> {
+        Ok(Box::new(KafkaSource::new(self.clone())))
     }
 }
+
+#[async_trait::async_trait]
+impl SinkSpec for KafkaSinkSpec {
+    async fn open(&self) -> anyhow::Result<Box<dyn super::Sink>> {
+        Ok(Box::new(KafkaSink::open(self)?))
+    }
+}
+
+/// Where a partition with no committed offset starts: a position is a
+/// timestamp in milliseconds since the epoch.
+pub type Start = broker::Start<i64>;
+
+/// The `kafka://` connector.
+pub const CONNECTOR: Connector = Connector {
+    schemes: &["kafka"],
+    source: Some(|args| Ok(Box::new(KafkaSourceSpec::parse(&mut args.settings, args.name, args.batch)?))),
+    sink: Some(|args| Ok(Box::new(KafkaSinkSpec::parse(&mut args.settings)?))),
+};
 
 /// A parsed `kafka://` source.
 #[derive(Debug, Clone)]
@@ -109,21 +110,6 @@ pub struct KafkaSourceSpec {
     pub properties: BTreeMap<String, String>,
 }
 
-/// What a `[[source]]` gives a Kafka source besides its URI.
-#[derive(Debug, Default, Clone)]
-pub struct SourceKeys<'a> {
-    /// The source's name (default group `weir-<name>`).
-    pub name: &'a str,
-    /// `group` key.
-    pub group: Option<&'a str>,
-    /// `consumer` key (client id).
-    pub consumer: Option<&'a str>,
-    /// `start` key.
-    pub start: Option<&'a str>,
-    /// `properties` table.
-    pub properties: Option<&'a BTreeMap<String, String>>,
-}
-
 /// Properties weir manages on the consumer, refused in `properties`.
 const CONSUMER_OWNED: [(&str, &str); 4] = [
     ("bootstrap.servers", "the brokers come from the URI"),
@@ -137,21 +123,19 @@ pub const DEFAULT_COMMIT_INTERVAL: Duration = Duration::from_secs(1);
 
 impl KafkaSourceSpec {
     /// Parses what follows `kafka://`, with the source's keys.
-    pub fn parse(rest: &str, keys: SourceKeys<'_>, batch: usize) -> Result<Self, String> {
-        let mut params = Params::parse(rest, "kafka")?;
-        let (brokers, topics) = split_path(&params.path)?;
-        let group = either("group", params.take("group"), keys.group)?.unwrap_or_else(|| format!("weir-{}", keys.name));
-        if group.is_empty() {
-            return Err("the consumer group must not be empty".into());
-        }
-        let start = match either("start", params.take("start"), keys.start)? {
-            Some(raw) => Start::parse(&raw)?,
-            None => Start::Earliest,
-        };
-        let commit_interval = params
+    pub fn parse(settings: &mut Settings, source: &str, batch: usize) -> Result<Self, SpecError> {
+        let (brokers, topics) = split_path(&settings.path)?;
+        let group = broker::take_group(settings, "group", source)?;
+        let start = Start::take(
+            settings,
+            |raw| raw.parse::<i64>().ok().filter(|t| *t >= 0),
+            "a timestamp in milliseconds since the epoch",
+        )?;
+        let consumer = broker::take_consumer(settings)?;
+        let commit_interval = settings
             .take_in_range("commit_interval_ms", &ranges::COMMIT_INTERVAL_MS)?
             .map_or(DEFAULT_COMMIT_INTERVAL, Duration::from_millis);
-        params.finish()?;
+        let user_properties = settings.take_table("properties")?;
         if batch == 0 {
             return Err("batch_size must be at least 1".into());
         }
@@ -159,16 +143,16 @@ impl KafkaSourceSpec {
         let mut set = |k: &str, v: &str| properties.insert(k.to_string(), v.to_string());
         set("bootstrap.servers", &brokers);
         set("group.id", &group);
-        set("client.id", keys.consumer.unwrap_or("weir"));
+        set("client.id", consumer.as_deref().unwrap_or("weir"));
         set("enable.auto.commit", "false");
         set("enable.auto.offset.store", "false");
         set("enable.partition.eof", "false");
         set("auto.offset.reset", if start == Start::Latest { "latest" } else { "earliest" });
-        for (key, value) in keys.properties.into_iter().flatten() {
-            if let Some((_, why)) = CONSUMER_OWNED.iter().find(|(owned, _)| owned == key) {
-                return Err(format!("property `{key}` cannot be set: {why}"));
+        for (key, value) in user_properties {
+            if let Some((_, why)) = CONSUMER_OWNED.iter().find(|(owned, _)| *owned == key) {
+                return Err(format!("property `{key}` cannot be set: {why}").into());
             }
-            properties.insert(key.clone(), value.clone());
+            properties.insert(key, value);
         }
         check_properties(&properties)?;
         Ok(KafkaSourceSpec { brokers, topics, group, start, batch, commit_interval, properties })
@@ -193,12 +177,10 @@ pub struct KafkaSinkSpec {
 
 impl KafkaSinkSpec {
     /// Parses what follows `kafka://`.
-    pub fn parse(rest: &str) -> Result<Self, String> {
-        let params = Params::parse(rest, "kafka")?;
-        let (brokers, mut topics) = split_path(&params.path)?;
-        params.finish()?;
+    pub fn parse(settings: &mut Settings) -> Result<Self, SpecError> {
+        let (brokers, mut topics) = split_path(&settings.path)?;
         if topics.len() != 1 {
-            return Err(format!("a Kafka sink writes one topic (got {})", topics.join(", ")));
+            return Err(format!("a Kafka sink writes one topic (got {})", topics.join(", ")).into());
         }
         let mut properties = BTreeMap::new();
         let mut set = |k: &str, v: &str| properties.insert(k.to_string(), v.to_string());
@@ -208,20 +190,15 @@ impl KafkaSinkSpec {
         set("acks", "all");
         set("partitioner", "murmur2_random");
         set("linger.ms", "5");
-        check_properties(&properties)?;
-        Ok(KafkaSinkSpec { brokers, topic: topics.remove(0), properties })
-    }
-
-    /// Adds the sink's `properties` table over weir's defaults.
-    pub fn with_properties(mut self, properties: &BTreeMap<String, String>) -> Result<Self, String> {
-        for (key, value) in properties {
+        // The user's properties go over weir's defaults.
+        for (key, value) in settings.take_table("properties")? {
             if key == "bootstrap.servers" {
                 return Err("property `bootstrap.servers` cannot be set: the brokers come from the URI".into());
             }
-            self.properties.insert(key.clone(), value.clone());
+            properties.insert(key, value);
         }
-        check_properties(&self.properties)?;
-        Ok(self)
+        check_properties(&properties)?;
+        Ok(KafkaSinkSpec { brokers, topic: topics.remove(0), properties })
     }
 
     /// The client configuration.
@@ -239,19 +216,8 @@ fn client_config(properties: &BTreeMap<String, String>) -> ClientConfig {
 }
 
 /// Lets librdkafka refuse unknown properties and bad values up front.
-fn check_properties(properties: &BTreeMap<String, String>) -> Result<(), String> {
-    client_config(properties).create_native_config().map(drop).map_err(|e| format!("Kafka client properties: {e}"))
-}
-
-/// A value given both as a query parameter and as a key must agree.
-fn either(name: &str, query: Option<String>, key: Option<&str>) -> Result<Option<String>, String> {
-    match (query, key) {
-        (Some(q), Some(k)) if q != k => {
-            Err(format!("`{name}` is given both in the URI (`{q}`) and as a key (`{k}`); give it once"))
-        }
-        (Some(q), _) => Ok(Some(q)),
-        (None, k) => Ok(k.map(str::to_string)),
-    }
+fn check_properties(properties: &BTreeMap<String, String>) -> Result<(), SpecError> {
+    client_config(properties).create_native_config().map(drop).map_err(|e| format!("Kafka client properties: {e}").into())
 }
 
 /// `host:port[,host:port]/topic[,topic]` → brokers and topics.
@@ -288,8 +254,26 @@ fn valid_broker(broker: &str) -> bool {
 mod tests {
     use super::*;
 
+    fn settings(rest: &str, keys: &str, role: &'static str) -> Result<Settings, String> {
+        Settings::parse(rest, "kafka", role).and_then(|s| s.with_keys(&keys.parse().expect("toml"))).map_err(|e| e.to_string())
+    }
+
+    fn source_with(rest: &str, keys: &str) -> Result<KafkaSourceSpec, String> {
+        let mut settings = settings(rest, keys, "source")?;
+        let spec = KafkaSourceSpec::parse(&mut settings, "in", 256).map_err(|e| e.to_string())?;
+        settings.finish().map_err(|e| e.to_string())?;
+        Ok(spec)
+    }
+
     fn source(rest: &str) -> Result<KafkaSourceSpec, String> {
-        KafkaSourceSpec::parse(rest, SourceKeys { name: "in", ..Default::default() }, 256)
+        source_with(rest, "")
+    }
+
+    fn sink(rest: &str, keys: &str) -> Result<KafkaSinkSpec, String> {
+        let mut settings = settings(rest, keys, "sink")?;
+        let spec = KafkaSinkSpec::parse(&mut settings).map_err(|e| e.to_string())?;
+        settings.finish().map_err(|e| e.to_string())?;
+        Ok(spec)
     }
 
     #[test]
@@ -301,7 +285,7 @@ mod tests {
         assert_eq!(spec.start, Start::Latest);
         assert_eq!(spec.properties["enable.auto.commit"], "false");
         assert_eq!(spec.properties["auto.offset.reset"], "latest");
-        assert_eq!(source("h:1/t?start=1700000000000").unwrap().start, Start::Timestamp(1_700_000_000_000));
+        assert_eq!(source("h:1/t?start=1700000000000").unwrap().start, Start::At(1_700_000_000_000));
         let default = source("h:1/t").unwrap();
         assert_eq!((default.group.as_str(), default.start), ("weir-in", Start::Earliest));
         assert_eq!(default.commit_interval, DEFAULT_COMMIT_INTERVAL);
@@ -309,22 +293,18 @@ mod tests {
 
     #[test]
     fn keys_and_properties() {
-        let props = BTreeMap::from([("session.timeout.ms".to_string(), "6000".to_string())]);
-        let keys =
-            SourceKeys { name: "in", group: Some("g"), consumer: Some("c1"), start: None, properties: Some(&props) };
-        let spec = KafkaSourceSpec::parse("h:1/t", keys.clone(), 10).unwrap();
+        let keys = "group = \"g\"\nconsumer = \"c1\"\n[properties]\n\"session.timeout.ms\" = \"6000\"";
+        let spec = source_with("h:1/t", keys).unwrap();
         assert_eq!((spec.group.as_str(), spec.properties["client.id"].as_str()), ("g", "c1"));
         assert_eq!(spec.properties["session.timeout.ms"], "6000");
-        let err = KafkaSourceSpec::parse("h:1/t?group=other", keys, 10).unwrap_err();
-        assert!(err.contains("both in the URI"), "{err}");
-        let bad = BTreeMap::from([("enable.auto.commit".to_string(), "true".to_string())]);
-        let err = KafkaSourceSpec::parse("h:1/t", SourceKeys { properties: Some(&bad), ..Default::default() }, 10)
-            .unwrap_err();
+        let err = source_with("h:1/t?group=other", keys).unwrap_err();
+        assert!(err.contains("both as a query parameter and as a key"), "{err}");
+        let err = source_with("h:1/t", "[properties]\n\"enable.auto.commit\" = \"true\"").unwrap_err();
         assert!(err.contains("enable.auto.commit"), "{err}");
-        let unknown = BTreeMap::from([("no.such.property".to_string(), "1".to_string())]);
-        let err = KafkaSourceSpec::parse("h:1/t", SourceKeys { properties: Some(&unknown), ..Default::default() }, 10)
-            .unwrap_err();
+        let err = source_with("h:1/t", "[properties]\n\"no.such.property\" = \"1\"").unwrap_err();
         assert!(err.contains("no.such.property"), "{err}");
+        let err = source_with("h:1/t", "claim_idle_ms = 5").unwrap_err();
+        assert_eq!(err, "key `claim_idle_ms` does not apply to a kafka:// source");
     }
 
     #[test]
@@ -341,24 +321,20 @@ mod tests {
             let err = source(uri).unwrap_err();
             assert!(err.contains(needle), "{uri}: {err}");
         }
-        assert!(KafkaSinkSpec::parse("h:1/a,b").unwrap_err().contains("one topic"));
-        assert!(KafkaSinkSpec::parse("h:1/a?group=g").unwrap_err().contains("unknown query parameter"));
+        assert!(sink("h:1/a,b", "").unwrap_err().contains("one topic"));
+        assert!(sink("h:1/a?group=g", "").unwrap_err().contains("unknown query parameter"));
     }
 
     #[test]
     fn sink_defaults_and_overrides() {
-        let spec = KafkaSinkSpec::parse("h:1/out").unwrap();
+        let spec = sink("h:1/out", "").unwrap();
         assert_eq!(spec.topic, "out");
         assert_eq!(spec.properties["enable.idempotence"], "true");
         assert_eq!(spec.properties["acks"], "all");
         assert_eq!(spec.properties["partitioner"], "murmur2_random");
-        let spec =
-            spec.with_properties(&BTreeMap::from([("compression.type".to_string(), "lz4".to_string())])).unwrap();
+        let spec = sink("h:1/out", "[properties]\n\"compression.type\" = \"lz4\"").unwrap();
         assert_eq!(spec.properties["compression.type"], "lz4");
-        let err = KafkaSinkSpec::parse("h:1/out")
-            .unwrap()
-            .with_properties(&BTreeMap::from([("acks".to_string(), "sometimes".to_string())]))
-            .unwrap_err();
+        let err = sink("h:1/out", "[properties]\nacks = \"sometimes\"").unwrap_err();
         assert!(err.contains("acks"), "{err}");
     }
 }

@@ -33,7 +33,7 @@ use tokio::runtime::{Handle, RuntimeFlavor};
 use super::{KafkaSourceSpec, Start};
 use crate::connectors::{Source, SourceContext};
 use crate::message::{Header, Message, Origin};
-use crate::pipeline::ack::{AckTracker, Released};
+use crate::flow::ack::{AckTracker, Released};
 
 /// Bits of a tracker partition id that hold the Kafka partition number.
 const PARTITION_BITS: u32 = 20;
@@ -259,7 +259,7 @@ impl KafkaContext {
         let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                if let Start::Timestamp(ts) = shared.start {
+                if let Start::At(ts) = shared.start {
                     position_by_time(shared, consumer, tpl, ts);
                 }
                 let ids = shared.ids(tpl);
@@ -507,11 +507,9 @@ impl Source for KafkaSource {
                         // partition away: its unsent messages are dropped.
                         if shared.owns(id)
                             && let Some((id, messages, last)) = buffers.add(id, offset, message, spec.batch)
+                            && ctx.hand_over(&tracker, id, last + 1, messages.into()).await.is_err()
                         {
-                            let token = tracker.register(id, last + 1, messages.len());
-                            if ctx.emit(messages, token).await.is_err() {
-                                break 'read Ok(());
-                            }
+                            break 'read Ok(());
                         }
                     }
                     Ok(None) => {}
@@ -531,8 +529,7 @@ impl Source for KafkaSource {
                 if !shared.owns(id) {
                     continue;
                 }
-                let token = tracker.register(id, last + 1, messages.len());
-                if ctx.emit(messages, token).await.is_err() {
+                if ctx.hand_over(&tracker, id, last + 1, messages.into()).await.is_err() {
                     break 'read Ok(());
                 }
             }
