@@ -207,12 +207,14 @@ fn bad_collector_uris_are_refused_before_start() {
 
 /// A receiving endpoint for the HTTP sink: answers each POST with
 /// `answer(request number, body)` and keeps the bodies it answered 2xx.
+/// `x-tenant` and `authorization` of every request, in arrival order.
+type SeenHeaders = std::sync::Arc<std::sync::Mutex<Vec<(Option<String>, Option<String>)>>>;
+
 struct Endpoint {
     port: u16,
     accepted: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     requests: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-    /// `x-tenant` and `authorization` of every request, in arrival order.
-    headers: std::sync::Arc<std::sync::Mutex<Vec<(Option<String>, Option<String>)>>>,
+    headers: SeenHeaders,
     _runtime: tokio::runtime::Runtime,
 }
 
@@ -223,7 +225,7 @@ impl Endpoint {
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
         let accepted: Arc<Mutex<Vec<String>>> = Arc::default();
         let requests: Arc<AtomicUsize> = Arc::default();
-        let headers: Arc<Mutex<Vec<(Option<String>, Option<String>)>>> = Arc::default();
+        let headers: SeenHeaders = Arc::default();
         let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
         let port = listener.local_addr().unwrap().port();
         let app = axum::Router::new().route(
