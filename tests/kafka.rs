@@ -27,7 +27,7 @@ use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{DefaultProducerContext, DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::{Message as _, Offset, TopicPartitionList};
-use support::{Scratch, free_port, plugin, wait_until};
+use support::{Scratch, free_port, nisshi, plugin, wait_until};
 use tokio_util::sync::CancellationToken;
 
 const PARTITIONS: i32 = 6;

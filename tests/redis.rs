@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis::{Commands, Value};
-use support::{Scratch, plugin, run_weir, text, wait_until, weir};
+use support::{Scratch, plugin, redis_server, run_weir, text, wait_until, weir};
 
 const SHARED: &str = "127.0.0.1:6379";
 const LONG: Duration = Duration::from_secs(180);
