@@ -4,8 +4,10 @@
 //! guest code runs: a guest blocked in a host call (a WASI sleep, i.e.
 //! `poll` on a clock pollable) would otherwise hold its instance, and
 //! shutdown, for as long as it asked. Here every clock subscription is cut
-//! short at the current call's deadline; the guest then resumes past its
-//! epoch deadline and traps with the usual deadline reason.
+//! short at the current call's deadline, and the call is marked as cut: it
+//! then ends as a deadline trap whatever the guest does after waking (the
+//! epoch clock alone would race the guest's wake-up on a busy machine, and a
+//! guest that woke first could finish a call that ran past its deadline).
 
 use std::time::{Duration, Instant};
 
@@ -20,22 +22,36 @@ use super::instance::InstanceState;
 /// wakes (the epoch clock ticks every few milliseconds).
 const WAKE_SLACK: Duration = Duration::from_millis(20);
 
-/// When the running call must have ended, if a call runs.
+/// When the running call must have ended, if a call runs, and whether a
+/// sleep of it was cut at that point.
 #[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct CallDeadline(Option<Instant>);
+pub(crate) struct CallDeadline {
+    at: Option<Instant>,
+    cut: bool,
+}
 
 impl CallDeadline {
     /// Starts a call that may run for `budget`.
     pub(crate) fn start(budget: Duration) -> Self {
-        CallDeadline(Instant::now().checked_add(budget + WAKE_SLACK))
+        CallDeadline { at: Instant::now().checked_add(budget + WAKE_SLACK), cut: false }
     }
 
-    /// `requested`, cut short at the deadline.
-    fn clamp(self, requested: Duration) -> Duration {
-        match self.0 {
-            Some(at) => requested.min(at.saturating_duration_since(Instant::now())),
+    /// `requested`, cut short at the deadline (and then remembered as cut).
+    fn clamp(&mut self, requested: Duration) -> Duration {
+        match self.at {
+            Some(at) => {
+                let left = at.saturating_duration_since(Instant::now());
+                self.cut |= requested > left;
+                requested.min(left)
+            }
             None => requested,
         }
+    }
+
+    /// Whether a sleep of this call was cut at the deadline: the call then
+    /// ran past it, whatever it returned. Clears the mark.
+    pub(crate) fn take_cut(&mut self) -> bool {
+        std::mem::take(&mut self.cut)
     }
 }
 
@@ -54,7 +70,7 @@ impl Host for InstanceState {
     }
 
     fn subscribe_duration(&mut self, duration: monotonic_clock::Duration) -> wasmtime::Result<Resource<DynPollable>> {
-        let clamped = self.call_deadline().clamp(Duration::from_nanos(duration));
+        let clamped = self.call_deadline_mut().clamp(Duration::from_nanos(duration));
         let nanos = u64::try_from(clamped.as_nanos()).unwrap_or(u64::MAX);
         self.clocks().subscribe_duration(nanos)
     }
@@ -75,11 +91,15 @@ mod tests {
 
     #[test]
     fn sleeps_end_at_the_deadline_and_only_during_a_call() {
-        let idle = CallDeadline::default();
+        let mut idle = CallDeadline::default();
         assert_eq!(idle.clamp(Duration::from_secs(3600)), Duration::from_secs(3600));
-        let call = CallDeadline::start(Duration::from_millis(100));
+        assert!(!idle.take_cut());
+        let mut call = CallDeadline::start(Duration::from_millis(100));
+        assert_eq!(call.clamp(Duration::from_millis(1)), Duration::from_millis(1));
+        assert!(!call.take_cut(), "a sleep that fits is not cut");
         let clamped = call.clamp(Duration::from_secs(3600));
         assert!(clamped <= Duration::from_millis(100) + WAKE_SLACK, "{clamped:?}");
-        assert_eq!(call.clamp(Duration::from_millis(1)), Duration::from_millis(1));
+        assert!(call.take_cut(), "a sleep past the deadline is cut");
+        assert!(!call.take_cut(), "taking the mark clears it");
     }
 }

@@ -83,8 +83,8 @@ pub(crate) struct InstanceState {
 }
 
 impl InstanceState {
-    pub(crate) fn call_deadline(&self) -> CallDeadline {
-        self.deadline
+    pub(crate) fn call_deadline_mut(&mut self) -> &mut CallDeadline {
+        &mut self.deadline
     }
 }
 
@@ -240,14 +240,12 @@ impl Instance {
             Exports::ProcessorPacked(p) => p.call_init(&mut self.store, config),
             Exports::AggregatorPacked(a) => a.call_init(&mut self.store, config),
         };
-        match result {
+        match self.settle(result) {
             Ok(Ok(())) => Ok(()),
             Ok(Err(reason)) => Err(InstanceError::Init(reason)),
             // A trap in `init` is a failed start, not a poison message.
-            Err(e) => Err(match self.trap(e) {
-                InstanceError::Trap(reason) => InstanceError::Init(reason),
-                other => other,
-            }),
+            Err(InstanceError::Trap(reason)) => Err(InstanceError::Init(reason)),
+            Err(other) => Err(other),
         }
     }
 
@@ -256,7 +254,8 @@ impl Instance {
         self.arm();
         match &self.exports {
             Exports::Processor(p) => {
-                let outcomes = p.call_process(&mut self.store, batch).map_err(|e| self.trap(e))?;
+                let result = p.call_process(&mut self.store, batch);
+                let outcomes = self.settle(result)?;
                 if outcomes.len() != batch.len() {
                     return Err(InstanceError::Contract(format!(
                         "plugin {} broke the contract: {} outcomes for {} messages",
@@ -273,7 +272,8 @@ impl Instance {
             }
             Exports::ProcessorPacked(p) => {
                 pack(&mut self.packed, batch)?;
-                let reply = p.call_process_packed(&mut self.store, &self.packed).map_err(|e| self.trap(e))?;
+                let result = p.call_process_packed(&mut self.store, &self.packed);
+                let reply = self.settle(result)?;
                 let reply = Reply::parse(&reply, batch.len(), true).map_err(|fault| self.malformed(fault))?;
                 self.check_reply_caps(&reply)?;
                 let routes = reply.routes();
@@ -302,7 +302,8 @@ impl Instance {
         self.arm();
         match &self.exports {
             Exports::Aggregator(a) => {
-                let result = a.call_process_batch(&mut self.store, batch_key, batch).map_err(|e| self.trap(e))?;
+                let result = a.call_process_batch(&mut self.store, batch_key, batch);
+                let result = self.settle(result)?;
                 if let Ok(outputs) = &result {
                     self.check_output_caps([outputs.as_slice()])?;
                 }
@@ -310,8 +311,8 @@ impl Instance {
             }
             Exports::AggregatorPacked(a) => {
                 pack(&mut self.packed, batch)?;
-                let reply =
-                    a.call_process_batch_packed(&mut self.store, batch_key, &self.packed).map_err(|e| self.trap(e))?;
+                let result = a.call_process_batch_packed(&mut self.store, batch_key, &self.packed);
+                let reply = self.settle(result)?;
                 let reply = Reply::parse(&reply, 1, false).map_err(|fault| self.malformed(fault))?;
                 self.check_reply_caps(&reply)?;
                 let routes = reply.routes();
@@ -376,6 +377,18 @@ impl Instance {
         let budget = self.store.data().stage.limits.deadline;
         self.store.data_mut().deadline = CallDeadline::start(budget);
         self.stderr.take_tail();
+    }
+
+    /// The result of a call: a trap becomes its reason, and a call whose
+    /// sleep was cut at the deadline is a deadline trap even if the guest
+    /// returned after waking.
+    fn settle<T>(&mut self, result: wasmtime::Result<T>) -> Result<T, InstanceError> {
+        let cut = self.store.data_mut().deadline.take_cut();
+        match result {
+            Err(e) => Err(self.trap(e)),
+            Ok(_) if cut => Err(self.trap(wasmtime::Error::new(Trap::Interrupt))),
+            Ok(value) => Ok(value),
+        }
     }
 
     fn trap(&mut self, error: wasmtime::Error) -> InstanceError {
