@@ -325,9 +325,23 @@ uri = {out}
     let first_lines = scratch.json_lines("counts.ndjson");
     assert_eq!(last_counts(&first_lines), expected(200));
     assert!(
-        scratch.path(".weir/state/count.state").is_file(),
+        scratch.path(".weir/state/state.redb").is_file(),
         "the stage state is saved in .weir/state beside the pipeline file"
     );
+    let file = pipeline.to_str().unwrap();
+    let list = run_weir(&["state", "list", file], RUN_LIMIT);
+    assert_success(&list);
+    let (listed, _) = text(&list);
+    // count:key-0 .. count:key-4, each an 8-byte counter.
+    assert_eq!(listed.trim(), format!("count\t5 keys\t{} bytes", 5 * ("count:key-0".len() + 8)));
+    let show = run_weir(&["state", "show", file, "count", "--limit", "2"], RUN_LIMIT);
+    assert_success(&show);
+    let (shown, more) = text(&show);
+    let shown: Vec<serde_json::Value> = shown.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(shown.len(), 2);
+    assert_eq!(shown[0]["key"], "count:key-0");
+    assert_eq!(shown[0]["value_b64"], base64_of(&200u64.to_le_bytes()), "{shown:?}");
+    assert!(more.contains("3 more entries"), "{more}");
 
     // Same file again: the counts continue from the saved state (the file
     // sink appends, so the second run's lines follow the first run's).
@@ -341,6 +355,52 @@ uri = {out}
         second_run.iter().all(|l| value_json(l)["count"].as_u64().unwrap() > 200),
         "every count of the second run continues from 200"
     );
+
+    // Reset: the next run starts from nothing.
+    let reset = run_weir(&["state", "reset", file, "count"], RUN_LIMIT);
+    assert_success(&reset);
+    assert!(text(&reset).0.starts_with("stage `count`: deleted 5 keys"), "{:?}", text(&reset));
+    let third = run_weir(&["run", file], RUN_LIMIT);
+    assert_success(&third);
+    let third_run = scratch.json_lines("counts.ndjson")[all_lines.len()..].to_vec();
+    assert_eq!(last_counts(&third_run), expected(200));
+}
+
+fn base64_of(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+#[test]
+fn the_state_store_is_locked_and_an_unusable_state_folder_is_refused() {
+    let scratch = Scratch::new();
+    let pipeline = scratch.write(
+        "pipeline.toml",
+        &format!(
+            "[[source]]\nname = \"gen\"\nuri = \"gen://?rate=100\"\n\n[[stage]]\nname = \"count\"\nplugin = {plugin}\n\n\
+             [[sink]]\nname = \"out\"\nuri = \"null://\"\n",
+            plugin = wasm("count-by-key"),
+        ),
+    );
+    let file = pipeline.to_str().unwrap();
+    let mut running = Running::start(&["run", file]);
+    running.wait_for_log(RUN_LIMIT, "the plugin to load", |log| log.contains("plugin loaded"));
+    let busy = run_weir(&["state", "reset", file, "count"], RUN_LIMIT);
+    assert_eq!(busy.status.code(), Some(1));
+    assert!(text(&busy).1.contains("is in use by another weir process"), "{:?}", text(&busy));
+    running.signal("-TERM");
+    let (code, log, _) = running.wait(RUN_LIMIT);
+    assert_eq!(code, Some(0), "{log}");
+
+    // A state folder that cannot be created refuses the run up front.
+    std::fs::write(scratch.path("blocked"), "a file, not a folder").unwrap();
+    let blocked = pipeline.to_str().unwrap().to_string();
+    let text_with_state = std::fs::read_to_string(&blocked).unwrap() + "\n[state]\ndir = \"blocked/state\"\n";
+    std::fs::write(&blocked, text_with_state).unwrap();
+    let refused = run_weir(&["run", file], RUN_LIMIT);
+    let message = refusal(&refused);
+    let expected = format!("pipeline.toml: state folder {}: cannot create it", scratch.path("blocked/state").display());
+    assert!(message.contains(&expected), "{message}");
 }
 
 #[test]

@@ -500,8 +500,10 @@ fn the_state_quota_stops_a_plugin_that_hoards_state() {
         let reason = line["headers"]["weir-error"].as_str().unwrap();
         assert!(reason.contains("state quota exceeded") && reason.contains("over `limits.state_mb` = 2"), "{reason}");
     }
-    let saved = std::fs::metadata(scratch.path(".weir/state/suspect.state")).expect("state file").len();
-    assert!(saved < 2 << 20, "state file of {saved} bytes");
+    let list = run_weir(&["state", "list", scratch.path("pipeline.toml").to_str().unwrap()], LIMIT);
+    let (listed, _) = text(&list);
+    let saved: u64 = listed.trim().split('\t').nth(2).and_then(|b| b.strip_suffix(" bytes")).unwrap().parse().unwrap();
+    assert!((1 << 20..2 << 20).contains(&saved), "saved state of {saved} bytes: {listed}");
 }
 
 #[test]

@@ -13,6 +13,7 @@ pub mod admin;
 pub mod config;
 pub mod message;
 pub mod plugin;
+pub mod store;
 
 pub use message::{Header, Message, Origin, Outcome, Output};
 pub mod cli;

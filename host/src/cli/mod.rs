@@ -7,6 +7,7 @@ mod check;
 mod new;
 mod relay;
 mod run;
+mod state;
 mod test;
 
 use std::path::PathBuf;
@@ -93,6 +94,11 @@ enum Command {
         #[arg(long = "config", value_name = "KEY=VALUE")]
         config: Vec<String>,
     },
+    /// Inspect or reset the saved state of a pipeline's stages.
+    State {
+        #[command(subcommand)]
+        command: state::StateCommand,
+    },
     /// Move messages from one connector to another, optionally through a
     /// plugin: a one-line pipeline, e.g.
     /// `weir relay --input file:///in.ndjson --output redis://127.0.0.1:6379/events`.
@@ -129,6 +135,7 @@ pub fn main() -> i32 {
         Command::Build { dir, abi, aot } => build::build(&dir, abi.into(), aot),
         Command::New { name, lang } => new::new(&name, lang),
         Command::Test { plugin, input, expect, config } => test::test(&plugin, &input, &expect, &config),
+        Command::State { command } => state::state(command),
         Command::Relay { input, output, plugin, format } => {
             relay::relay(&relay::RelayArgs { input, output, plugin, format })
         }

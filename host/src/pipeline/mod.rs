@@ -31,9 +31,10 @@ use crate::flow::batch::{Batch, BatchPolicy};
 use crate::flow::budget::InFlightBudget;
 use crate::flow::control::Control;
 use crate::flow::dead_letter::DeadLetter;
-use crate::plugin::state::StageState;
+use crate::plugin::state::{self, StageState};
 use crate::plugin::swap::HotPlugin;
 use crate::plugin::{Runtime, StageContext};
+use crate::store::StateStore;
 use crate::telemetry::Telemetry;
 use logic::Runner;
 pub use logic::{NativeFn, NativeStages, StageLogic};
@@ -174,11 +175,17 @@ impl Pipeline {
                 Ok((spec, RetryPolicy { retries: d.retries, backoff: Duration::from_millis(d.retry_backoff_ms) }))
             })
             .transpose()?;
-        let state_dir = config.state_dir();
+        // One store for every stage's state; none when there are no stages.
+        let store = match config.stages.is_empty() {
+            true => None,
+            false => {
+                Some(Arc::new(StateStore::open(&config.state_dir()).map_err(|e| ConfigError::new(e.to_string()))?))
+            }
+        };
         let stages = config
             .stages
             .iter()
-            .map(|s| prepare_stage(s, config, runtime, natives, &state_dir))
+            .map(|s| prepare_stage(s, config, runtime, natives, store.as_ref()))
             .collect::<Result<Vec<_>, ConfigError>>()?;
         let watched = config.stages.iter().filter(|s| s.watch).map(|s| s.name.clone()).collect();
         let drain_timeout = config.shutdown.drain_timeout();
@@ -514,11 +521,11 @@ fn flatten(result: Result<Result<()>, tokio::task::JoinError>) -> Option<String>
     }
 }
 
+/// Saves what every stage changed since the last save, in one transaction.
 fn save_states(states: &[Arc<StageState>]) {
-    for state in states {
-        if let Err(e) = state.save() {
-            tracing::error!("{e:#}");
-        }
+    if let Err(e) = state::save_all(states.iter().map(|s| s.as_ref())) {
+        // The changes are kept and tried again at the next save.
+        tracing::error!("saving stage state: {e}");
     }
 }
 
@@ -527,11 +534,15 @@ fn prepare_stage(
     config: &PipelineConfig,
     runtime: &Runtime,
     natives: &NativeStages,
-    state_dir: &std::path::Path,
+    store: Option<&Arc<StateStore>>,
 ) -> Result<PreparedStage, ConfigError> {
     let at = |m: String| config.error_at(&stage.plugin, format!("stage `{}`: {m}", stage.name));
-    let state = StageState::open(state_dir.join(format!("{}.state", stage.name)), stage.state_quota())
-        .map_err(|e| at(format!("{e:#}")))?;
+    let state = match store {
+        Some(store) => {
+            StageState::open(store.clone(), &stage.name, stage.state_quota()).map_err(|e| at(format!("{e:#}")))?
+        }
+        None => StageState::in_memory(),
+    };
     let context = Arc::new(StageContext {
         name: stage.name.as_str().into(),
         config: stage.plugin_config(),

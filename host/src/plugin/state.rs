@@ -2,38 +2,45 @@
 //!
 //! One state per stage, shared by all its instances (a plugin counting by key
 //! sees the same counts whichever instance a message lands on). It lives in
-//! memory and is saved to `<state_dir>/<stage>.state` on checkpoints and at
-//! shutdown, so it survives hot swaps and restarts.
+//! memory, where plugins read it, and remembers which keys changed; on
+//! checkpoints and at shutdown only those keys are written to the
+//! pipeline's [`StateStore`], so it survives hot swaps and restarts and a
+//! checkpoint costs what changed, not what is held.
 
-use std::collections::{BTreeMap, HashMap};
-use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::Read;
+use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use parking_lot::Mutex;
+
+use crate::store::{Changes, StateStore, StoreError};
 
 /// A stage's key-value state.
 #[derive(Debug)]
 pub struct StageState {
     entries: Mutex<Entries>,
-    file: Option<PathBuf>,
-    dirty: AtomicBool,
+    /// Where it is saved, and under which stage name; `None` in memory only.
+    store: Option<(Arc<StateStore>, String)>,
     /// Most bytes (keys and values) the state may hold.
     quota: usize,
 }
 
-/// The map and the bytes it holds, under one lock.
+/// The map, the bytes it holds and the keys changed since the last save,
+/// under one lock.
 #[derive(Debug, Default)]
 struct Entries {
     map: HashMap<Vec<u8>, Vec<u8>>,
     bytes: usize,
+    changed: HashSet<Vec<u8>>,
 }
 
 impl Entries {
     fn new(map: HashMap<Vec<u8>, Vec<u8>>) -> Self {
         let bytes = map.iter().map(|(k, v)| k.len() + v.len()).sum();
-        Entries { map, bytes }
+        Entries { map, bytes, changed: HashSet::new() }
     }
 }
 
@@ -59,25 +66,34 @@ const FILE_MAGIC: &[u8; 8] = b"weirst01";
 impl StageState {
     /// A state that lives in memory only, with the default quota.
     pub fn in_memory() -> Self {
-        StageState {
-            entries: Mutex::default(),
-            file: None,
-            dirty: AtomicBool::new(false),
-            quota: (DEFAULT_STATE_MB << 20) as usize,
-        }
+        StageState { entries: Mutex::default(), store: None, quota: (DEFAULT_STATE_MB << 20) as usize }
     }
 
-    /// Opens (or starts) the state saved at `file`, holding at most `quota`
+    /// Opens the state of `stage` saved in `store`, holding at most `quota`
     /// bytes of keys and values. A saved state already over the quota still
     /// opens (a lowered quota must not lose data); it can then only shrink.
-    pub fn open(file: PathBuf, quota: usize) -> Result<Self> {
-        let entries = if file.exists() { read_file(&file)? } else { HashMap::new() };
-        Ok(StageState {
-            entries: Mutex::new(Entries::new(entries)),
-            file: Some(file),
-            dirty: AtomicBool::new(false),
-            quota,
-        })
+    ///
+    /// A state file of the earlier format (`<stage>.state` beside the
+    /// store) is imported once and renamed `<stage>.state.imported`.
+    pub fn open(store: Arc<StateStore>, stage: &str, quota: usize) -> Result<Self> {
+        let mut map = store.load(stage)?;
+        let legacy = store.file().with_file_name(format!("{stage}.state"));
+        if map.is_empty() && legacy.is_file() {
+            map = read_legacy_file(&legacy)?;
+            let changes: Changes = map.iter().map(|(k, v)| (k.clone(), Some(v.clone()))).collect();
+            store.commit(&[(stage, &changes)])?;
+            let imported = legacy.with_extension("state.imported");
+            std::fs::rename(&legacy, &imported)
+                .with_context(|| format!("renaming {} after importing it", legacy.display()))?;
+            tracing::info!(
+                stage,
+                "imported {} keys from {} into {}",
+                map.len(),
+                legacy.display(),
+                store.file().display()
+            );
+        }
+        Ok(StageState { entries: Mutex::new(Entries::new(map)), store: Some((store, stage.to_string())), quota })
     }
 
     /// Reads a key.
@@ -94,8 +110,10 @@ impl StageState {
             return Err(QuotaExceeded { would_hold, quota: self.quota });
         }
         entries.bytes = would_hold;
+        if self.store.is_some() && !entries.changed.contains(&key) {
+            entries.changed.insert(key.clone());
+        }
         entries.map.insert(key, value);
-        self.dirty.store(true, Ordering::Relaxed);
         Ok(())
     }
 
@@ -104,7 +122,9 @@ impl StageState {
         let mut entries = self.entries.lock();
         if let Some(value) = entries.map.remove(key) {
             entries.bytes -= key.len() + value.len();
-            self.dirty.store(true, Ordering::Relaxed);
+            if self.store.is_some() {
+                entries.changed.insert(key.to_vec());
+            }
         }
     }
 
@@ -123,19 +143,55 @@ impl StageState {
         self.len() == 0
     }
 
-    /// Saves the state to its file if it changed since the last save.
-    pub fn save(&self) -> Result<()> {
-        let Some(file) = &self.file else { return Ok(()) };
-        if !self.dirty.swap(false, Ordering::Relaxed) {
-            return Ok(());
-        }
-        let snapshot: BTreeMap<Vec<u8>, Vec<u8>> =
-            self.entries.lock().map.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        write_file(file, &snapshot).inspect_err(|_| self.dirty.store(true, Ordering::Relaxed))
+    /// The keys changed since the last call, with their current values
+    /// (`None`: deleted), for a checkpoint. If the checkpoint fails, hand
+    /// them back with [`StageState::restore_changes`].
+    pub fn take_changes(&self) -> Changes {
+        let mut entries = self.entries.lock();
+        let changed = std::mem::take(&mut entries.changed);
+        changed
+            .into_iter()
+            .map(|key| {
+                let value = entries.map.get(&key).cloned();
+                (key, value)
+            })
+            .collect()
+    }
+
+    /// Marks keys of a failed checkpoint as changed again (their current
+    /// values are written by the next one).
+    pub fn restore_changes(&self, changes: Changes) {
+        self.entries.lock().changed.extend(changes.into_iter().map(|(key, _)| key));
+    }
+
+    /// Writes what changed since the last save to the store (one stage;
+    /// a pipeline saves all its stages together with [`save_all`]).
+    pub fn save(&self) -> Result<(), StoreError> {
+        save_all([self])
+    }
+
+    /// The store and stage name, for [`save_all`].
+    fn target(&self) -> Option<(&Arc<StateStore>, &str)> {
+        self.store.as_ref().map(|(store, stage)| (store, stage.as_str()))
     }
 }
 
-fn read_file(path: &Path) -> Result<HashMap<Vec<u8>, Vec<u8>>> {
+/// Writes the changes of every state in one transaction: after a crash,
+/// either all stages' changes of a checkpoint are saved or none. (All the
+/// states of one pipeline share its store.)
+pub fn save_all<'a>(states: impl IntoIterator<Item = &'a StageState>) -> Result<(), StoreError> {
+    let taken: Vec<(&StageState, &str, Changes)> =
+        states.into_iter().filter_map(|s| s.target().map(|(_, stage)| (s, stage, s.take_changes()))).collect();
+    let Some((store, _)) = taken.first().and_then(|(s, _, _)| s.target()) else { return Ok(()) };
+    let batch: Vec<(&str, &Changes)> = taken.iter().map(|(_, stage, c)| (*stage, c)).collect();
+    store.commit(&batch).inspect_err(|_| {
+        for (state, _, changes) in taken {
+            state.restore_changes(changes);
+        }
+    })
+}
+
+fn read_legacy_file(path: &Path) -> Result<HashMap<Vec<u8>, Vec<u8>>> {
     let mut bytes = Vec::new();
     std::fs::File::open(path)
         .and_then(|mut f| f.read_to_end(&mut bytes))
@@ -156,25 +212,6 @@ fn read_file(path: &Path) -> Result<HashMap<Vec<u8>, Vec<u8>>> {
         entries.insert(key, value);
     }
     Ok(entries)
-}
-
-fn write_file(path: &Path, entries: &BTreeMap<Vec<u8>, Vec<u8>>) -> Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let tmp = path.with_extension("state.tmp");
-    let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
-    out.write_all(FILE_MAGIC)?;
-    for (key, value) in entries {
-        for item in [key, value] {
-            let len = u32::try_from(item.len()).or_else(|_| bail!("state entry over 4 GiB"))?;
-            out.write_all(&len.to_le_bytes())?;
-            out.write_all(item)?;
-        }
-    }
-    out.into_inner()?.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("saving stage state {}", path.display()))?;
-    Ok(())
 }
 
 /// Most distinct counter names one stage may define: each becomes a metric
@@ -238,7 +275,8 @@ mod tests {
     #[test]
     fn the_quota_counts_keys_and_values_and_lets_a_full_state_shrink() {
         let dir = tempfile::tempdir().unwrap();
-        let state = StageState::open(dir.path().join("s.state"), 100).unwrap();
+        let store = Arc::new(StateStore::open(dir.path()).unwrap());
+        let state = StageState::open(store, "s", 100).unwrap();
         state.set(b"a".to_vec(), vec![0; 59]).unwrap();
         assert_eq!(state.bytes(), 60);
         let err = state.set(b"b".to_vec(), vec![0; 40]).unwrap_err();
@@ -249,6 +287,49 @@ mod tests {
         state.set(b"a".to_vec(), vec![0; 9]).unwrap();
         state.delete(b"a");
         assert_eq!((state.bytes(), state.len()), (0, 0));
+    }
+
+    #[test]
+    fn only_changed_keys_are_saved_and_all_stages_save_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(StateStore::open(dir.path()).unwrap());
+        let a = StageState::open(store.clone(), "a", 1 << 20).unwrap();
+        let b = StageState::open(store.clone(), "b", 1 << 20).unwrap();
+        for i in 0..100u32 {
+            a.set(i.to_be_bytes().to_vec(), b"v".to_vec()).unwrap();
+        }
+        b.set(b"k".to_vec(), b"1".to_vec()).unwrap();
+        save_all([&a, &b]).unwrap();
+        a.set(7u32.to_be_bytes().to_vec(), b"seven".to_vec()).unwrap();
+        a.delete(&8u32.to_be_bytes());
+        let changes = a.take_changes();
+        assert_eq!(changes.len(), 2, "only the two keys touched since the save");
+        a.restore_changes(changes);
+        save_all([&a, &b]).unwrap();
+        drop((a, b, store));
+        let store = Arc::new(StateStore::open(dir.path()).unwrap());
+        let a = StageState::open(store.clone(), "a", 1 << 20).unwrap();
+        assert_eq!(a.len(), 99);
+        assert_eq!(a.get(&7u32.to_be_bytes()).as_deref(), Some(&b"seven"[..]));
+        assert_eq!(StageState::open(store, "b", 1 << 20).unwrap().get(b"k").as_deref(), Some(&b"1"[..]));
+    }
+
+    #[test]
+    fn a_state_file_of_the_earlier_format_is_imported_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut legacy = FILE_MAGIC.to_vec();
+        for item in [&b"key"[..], &b"value"[..]] {
+            legacy.extend_from_slice(&(item.len() as u32).to_le_bytes());
+            legacy.extend_from_slice(item);
+        }
+        std::fs::write(dir.path().join("old.state"), legacy).unwrap();
+        let store = Arc::new(StateStore::open(dir.path()).unwrap());
+        let state = StageState::open(store.clone(), "old", 1 << 20).unwrap();
+        assert_eq!(state.get(b"key").as_deref(), Some(&b"value"[..]));
+        assert!(!dir.path().join("old.state").exists());
+        assert!(dir.path().join("old.state.imported").exists());
+        drop(state);
+        assert_eq!(store.load("old").unwrap().len(), 1, "saved in the store by the import");
     }
 
     #[test]
