@@ -228,7 +228,7 @@ impl Source for PulsarSource {
         };
         let mut backoff = Backoff::default();
         let mut consumer: Option<Consumer<Vec<u8>, TokioExecutor>> = None;
-        let mut failed_before = false;
+        let mut connected_before = false;
         loop {
             if ctx.shutdown().is_cancelled() {
                 break;
@@ -237,7 +237,7 @@ impl Source for PulsarSource {
                 Some(c) => c,
                 None => match run.connect().await {
                     Ok(c) => {
-                        if failed_before {
+                        if connected_before {
                             tracing::info!(source = ctx.name(), topic = %spec.topic, "Pulsar source reconnected");
                         } else {
                             tracing::info!(
@@ -247,11 +247,11 @@ impl Source for PulsarSource {
                                 "Pulsar source started"
                             );
                         }
+                        connected_before = true;
                         backoff.reset();
                         c
                     }
                     Err(e) => {
-                        failed_before = true;
                         tracing::warn!(
                             source = ctx.name(),
                             "connecting to Pulsar at {} failed, retrying in {:?}: {e}",
@@ -271,7 +271,6 @@ impl Source for PulsarSource {
                     break;
                 }
                 End::Reconnect(why) => {
-                    failed_before = true;
                     tracing::warn!(source = ctx.name(), "Pulsar consumer failed, reconnecting: {why}");
                     drop(c);
                     if !backoff.sleep(ctx.shutdown()).await {
