@@ -19,9 +19,9 @@ use support::{Scratch, plugin, run_weir, text, wait_until, weir};
 
 const LONG: Duration = Duration::from_secs(240);
 
-/// The Python side: `produce URL TOPIC N KEYS FIRST` sends messages `FIRST..FIRST+N`
-/// (value `value-I`, key `kI%KEYS`, property `seq`, event time) with
-/// batching; `consume URL TOPIC SUBSCRIPTION N TIMEOUT_S` prints up to N
+/// The Python side: `produce URL TOPIC N KEYS FIRST [key-based]` sends
+/// messages `FIRST..FIRST+N` (value `value-I`, key `kI%KEYS`, property
+/// `seq`, event time) with batching (one key per entry with `key-based`); `consume URL TOPIC SUBSCRIPTION N TIMEOUT_S` prints up to N
 /// messages as JSON lines, acknowledging each.
 const PY: &str = r#"
 import base64, json, sys, pulsar
@@ -29,8 +29,11 @@ mode, url, topic = sys.argv[1], sys.argv[2], sys.argv[3]
 client = pulsar.Client(url, logger=pulsar.ConsoleLogger(pulsar.LoggerLevel.Error))
 if mode == "produce":
     n, keys, first = int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
+    # Key-based batching keeps one key per broker entry, as key_shared needs.
+    batching = pulsar.BatchingType.KeyBased if sys.argv[7:] == ["key-based"] else pulsar.BatchingType.Default
     producer = client.create_producer(topic, batching_enabled=True, batching_max_messages=100,
-                                      batching_max_publish_delay_ms=5, block_if_queue_full=True)
+                                      batching_max_publish_delay_ms=5, block_if_queue_full=True,
+                                      batching_type=batching)
     failed = []
     for i in range(first, first + n):
         producer.send_async(("value-%d" % i).encode(), lambda res, _id: res == pulsar.Result.Ok or failed.append(res),
@@ -64,6 +67,12 @@ fn python(scratch: &Scratch, args: &[&str]) -> String {
 /// Produces messages `first..first+n` with the Python client, straight to the broker.
 fn produce(broker: &PulsarLite, scratch: &Scratch, topic: &str, n: u64, keys: u64, first: u64) {
     python(scratch, &["produce", &broker.direct_url(), topic, &n.to_string(), &keys.to_string(), &first.to_string()]);
+}
+
+/// [`produce`] with key-based batching: every broker entry holds one key.
+fn produce_key_based(broker: &PulsarLite, scratch: &Scratch, topic: &str, n: u64, keys: u64) {
+    let (url, n, keys) = (broker.direct_url(), n.to_string(), keys.to_string());
+    python(scratch, &["produce", &url, topic, &n, &keys, "0", "key-based"]);
 }
 
 /// Consumes up to `n` messages with the Python client.
@@ -403,12 +412,11 @@ fn two_processes_on_a_key_shared_subscription() {
             std::fs::read_to_string(&log).unwrap_or_default().contains("Pulsar source started")
         });
     }
-    produce(&broker, &scratch, &input, N, 50, 0);
+    produce_key_based(&broker, &scratch, &input, N, 50);
     let total = || (0..2).map(|i| scratch.lines(&format!("out-{i}.ndjson")).len() as u64).sum::<u64>();
     runs[0].wait_for("everything written", || total() >= N);
-    for run in runs {
-        run.stop();
-    }
+    let logs: Vec<String> = runs.into_iter().map(Weir::stop).collect();
+    let logs = format!("{}\n---- broker:\n{}", logs.join("\n----\n"), broker.log());
     let mut all = Vec::new();
     let mut owner: HashMap<String, usize> = HashMap::new();
     let mut shares = Vec::new();
@@ -419,9 +427,9 @@ fn two_processes_on_a_key_shared_subscription() {
         for line in &lines {
             let (key, s) = (line["key"].as_str().unwrap().to_string(), seq(line));
             if let Some(prev) = last.insert(key.clone(), s) {
-                assert!(prev < s, "key {key}: {s} came after {prev} in process {i}");
+                assert!(prev < s, "key {key}: {s} came after {prev} in process {i}; logs:\n{logs}");
             }
-            assert_eq!(*owner.entry(key.clone()).or_insert(i), i, "key {key} went to both processes");
+            assert_eq!(*owner.entry(key.clone()).or_insert(i), i, "key {key} went to both processes; logs:\n{logs}");
             all.push(s);
         }
     }

@@ -341,8 +341,16 @@ impl Run<'_> {
         };
         // The broker sends up to this many messages ahead of acknowledgement.
         let queue = (spec.batch * 4).clamp(1000, 50_000) as u32;
+        // pulsar-rs numbers consumers from 0 in every process, and
+        // pulsar-lite 0.2.0 keeps consumer ids per subscription rather than
+        // per connection, so two weir processes on one subscription would
+        // collide there ("Consumer 0 already exists"). A random id avoids
+        // that and is as good as any on Apache Pulsar (ids are the
+        // client's to choose).
+        let id = std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), &spec.consumer);
         pulsar
             .consumer()
+            .with_consumer_id(id)
             .with_topic(&spec.topic)
             .with_subscription(&spec.subscription)
             .with_subscription_type(spec.kind.sub_type())
