@@ -136,15 +136,15 @@ fn id_text(id: &MessageIdData) -> String {
     }
 }
 
-/// A received message as weir's, or (as a raw value) why it cannot be one.
+/// A received message as weir's, or its value and why it cannot be one.
 /// Takes the message apart rather than copying its value.
-fn convert(mut m: PulsarMessage<Vec<u8>>) -> Result<Message, (Message, String)> {
+fn convert(mut m: PulsarMessage<Vec<u8>>) -> Result<Message, (Vec<u8>, String)> {
     let id = m.message_id().clone();
     let key = match m.key_bytes() {
         Ok(key) => key,
         Err(e) => {
             let reason = format!("{} message {}: bad key: {e}", m.topic, id_text(&id));
-            return Err((Message::from_value(std::mem::take(&mut m.payload.data)), reason));
+            return Err((std::mem::take(&mut m.payload.data), reason));
         }
     };
     let metadata = &mut m.payload.metadata;
@@ -389,7 +389,8 @@ impl Run<'_> {
                         taken += 1;
                         let partition = self.partitions.index(&m.topic);
                         let handed = Handed { id: m.message_id().clone(), entry_size: m.message_id.batch_size };
-                        buffers.add(partition, convert(m), handed);
+                        let message = convert(m).map_err(|(value, reason)| (Message::from_value(value), reason));
+                        buffers.add(partition, message, handed);
                         if buffers.full(partition, batch) {
                             let (read, ids) = buffers.take(partition).expect("full");
                             if self.ctx.hand_over(&self.tracker, partition, ids, read).await.is_err() {
