@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod pulsar;
+
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};

@@ -154,7 +154,7 @@ macro_rules! registry {
     };
 }
 
-registry!(file, stdio, generator, memory, null, redis, kafka, http);
+registry!(file, stdio, generator, memory, null, redis, kafka, pulsar, http);
 
 /// Finds the connector for `uri` that can play `role`, and splits off its
 /// settings.

@@ -1,0 +1,468 @@
+//! The Pulsar source: a consumer on a subscription that acknowledges only
+//! what the pipeline finished.
+//!
+//! One task owns the consumer: it reads, hands batches on (one topic
+//! partition per batch) and sends the acknowledgements of released batches.
+//! The tracker knows partitions by the index of their topic name in
+//! [`Partitions`]; a batch's position is the ids of its messages.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Instant;
+
+use anyhow::Result;
+use async_trait::async_trait;
+use futures_util::{FutureExt, StreamExt};
+use pulsar::consumer::{ConsumerOptions, InitialPosition, Message as PulsarMessage};
+use pulsar::proto::MessageIdData;
+use pulsar::{Consumer, TokioExecutor};
+
+use super::{PulsarSourceSpec, Start, client, explain};
+use crate::connectors::{Read, Source, SourceContext};
+use crate::flow::ack::{AckTracker, Released};
+use crate::flow::backoff::Backoff;
+use crate::message::{Header, Message, Origin};
+
+/// Reads a topic through a subscription.
+pub struct PulsarSource {
+    spec: PulsarSourceSpec,
+}
+
+impl PulsarSource {
+    /// A source for `spec`; it connects when it runs.
+    pub fn new(spec: PulsarSourceSpec) -> Self {
+        PulsarSource { spec }
+    }
+}
+
+/// One message handed on, as it is acknowledged.
+#[derive(Debug, Clone)]
+struct Handed {
+    id: MessageIdData,
+    /// Messages in its broker entry, when it came in a producer batch.
+    entry_size: Option<i32>,
+}
+
+/// Topic names (partitions of a partitioned topic) by tracker partition.
+#[derive(Default)]
+struct Partitions {
+    names: Vec<String>,
+}
+
+impl Partitions {
+    fn index(&mut self, topic: &str) -> u32 {
+        match self.names.iter().position(|t| t == topic) {
+            Some(i) => i as u32,
+            None => {
+                self.names.push(topic.to_string());
+                (self.names.len() - 1) as u32
+            }
+        }
+    }
+}
+
+/// The identity of a broker entry: what a broker acknowledges.
+type EntryKey = (u32, u64, u64, i32);
+
+/// Decides which ids to acknowledge as batches are released.
+struct Acks {
+    cumulative: bool,
+    /// Batch indexes finished so far of entries that came in producer
+    /// batches and are not complete yet.
+    entries: HashMap<EntryKey, (HashSet<i32>, Instant)>,
+}
+
+impl Acks {
+    /// The acknowledgements a released batch of `partition` allows:
+    /// `(partition, id, cumulative)`, ids without batch index (whole entries).
+    fn released(&mut self, partition: u32, handed: Vec<Handed>) -> Vec<(u32, MessageIdData, bool)> {
+        let mut out = Vec::new();
+        let mut last_complete: Option<MessageIdData> = None;
+        for Handed { id, entry_size } in handed {
+            let complete = match (entry_size, id.batch_index) {
+                (Some(size), Some(index)) if size > 1 => {
+                    let key = (partition, id.ledger_id, id.entry_id, id.partition.unwrap_or(-1));
+                    let (done, _) = self.entries.entry(key).or_insert_with(|| (HashSet::new(), Instant::now()));
+                    done.insert(index);
+                    if done.len() as i32 >= size {
+                        self.entries.remove(&key);
+                        true
+                    } else {
+                        false
+                    }
+                }
+                _ => true,
+            };
+            if !complete {
+                continue;
+            }
+            let entry = entry_id(&id);
+            if self.cumulative {
+                last_complete = Some(entry);
+            } else {
+                out.push((partition, entry, false));
+            }
+        }
+        // The tracker releases a partition's batches in order, so everything
+        // up to the last complete entry is finished.
+        if let Some(entry) = last_complete {
+            out.push((partition, entry, true));
+        }
+        // Entries whose other messages never come back finished (a copy
+        // delivered again after a reconnect, whose first copy was already
+        // acknowledged) are forgotten after an hour.
+        if self.entries.len() > 10_000 {
+            self.entries.retain(|_, (_, since)| since.elapsed().as_secs() < 3600);
+        }
+        out
+    }
+}
+
+/// The id of a message's whole entry.
+fn entry_id(id: &MessageIdData) -> MessageIdData {
+    MessageIdData {
+        ledger_id: id.ledger_id,
+        entry_id: id.entry_id,
+        partition: id.partition,
+        ..Default::default()
+    }
+}
+
+/// `ledger:entry:partition[:batch_index]`, as Pulsar's clients print ids.
+fn id_text(id: &MessageIdData) -> String {
+    let partition = id.partition.unwrap_or(-1);
+    match id.batch_index {
+        Some(index) => format!("{}:{}:{partition}:{index}", id.ledger_id, id.entry_id),
+        None => format!("{}:{}:{partition}", id.ledger_id, id.entry_id),
+    }
+}
+
+/// A received message as weir's, or its value and why it cannot be one.
+/// Takes the message apart rather than copying its value.
+fn convert(mut m: PulsarMessage<Vec<u8>>) -> Result<Message, (Vec<u8>, String)> {
+    let id = m.message_id().clone();
+    let key = match m.key_bytes() {
+        Ok(key) => key,
+        Err(e) => {
+            let reason = format!("{} message {}: bad key: {e}", m.topic, id_text(&id));
+            return Err((std::mem::take(&mut m.payload.data), reason));
+        }
+    };
+    let metadata = &mut m.payload.metadata;
+    let headers = std::mem::take(&mut metadata.properties)
+        .into_iter()
+        .map(|p| Header { name: p.key, value: p.value.into_bytes() })
+        .collect();
+    let timestamp_ms = metadata.event_time.filter(|t| *t > 0);
+    Ok(Message {
+        key,
+        value: std::mem::take(&mut m.payload.data),
+        headers,
+        timestamp_ms,
+        origin: Some(Origin {
+            partition: id.partition.and_then(|p| u32::try_from(p).ok()),
+            name: m.topic,
+            offset: None,
+            id: Some(id_text(&id)),
+        }),
+    })
+}
+
+/// Messages read and not yet handed on, per partition.
+#[derive(Default)]
+struct Buffers {
+    by_partition: HashMap<u32, (Read, Vec<Handed>)>,
+}
+
+impl Buffers {
+    fn add(&mut self, partition: u32, message: Result<Message, (Message, String)>, handed: Handed) {
+        let (read, ids) = self.by_partition.entry(partition).or_default();
+        match message {
+            Ok(message) => read.messages.push(message),
+            Err(rejected) => read.rejected.push(rejected),
+        }
+        ids.push(handed);
+    }
+
+    fn full(&self, partition: u32, batch: usize) -> bool {
+        self.by_partition.get(&partition).is_some_and(|(read, _)| read.len() >= batch)
+    }
+
+    fn take(&mut self, partition: u32) -> Option<(Read, Vec<Handed>)> {
+        self.by_partition.remove(&partition)
+    }
+
+    fn take_all(&mut self) -> Vec<(u32, Read, Vec<Handed>)> {
+        self.by_partition.drain().map(|(p, (read, ids))| (p, read, ids)).collect()
+    }
+}
+
+/// Why the read loop ended.
+enum End {
+    /// Stop: shutdown or the pipeline no longer takes batches.
+    Stop,
+    /// The consumer failed: connect again.
+    Reconnect(String),
+}
+
+struct Run<'a> {
+    spec: &'a PulsarSourceSpec,
+    ctx: &'a SourceContext,
+    tracker: AckTracker<Vec<Handed>>,
+    released: Released<Vec<Handed>>,
+    partitions: Partitions,
+    acks: Acks,
+}
+
+#[async_trait]
+impl Source for PulsarSource {
+    async fn run(self: Box<Self>, ctx: SourceContext) -> Result<()> {
+        let spec = self.spec;
+        let (tracker, released) = ctx.tracker::<Vec<Handed>>();
+        let mut run = Run {
+            spec: &spec,
+            ctx: &ctx,
+            tracker,
+            released,
+            partitions: Partitions::default(),
+            acks: Acks { cumulative: spec.kind.cumulative(), entries: HashMap::new() },
+        };
+        let mut backoff = Backoff::default();
+        let mut consumer: Option<Consumer<Vec<u8>, TokioExecutor>> = None;
+        let mut connected_before = false;
+        loop {
+            if ctx.shutdown().is_cancelled() {
+                break;
+            }
+            let mut c = match consumer.take() {
+                Some(c) => c,
+                None => match run.connect().await {
+                    Ok(c) => {
+                        if connected_before {
+                            tracing::info!(source = ctx.name(), topic = %spec.topic, "Pulsar source reconnected");
+                        } else {
+                            tracing::info!(
+                                source = ctx.name(),
+                                topic = %spec.topic,
+                                subscription = %spec.subscription,
+                                "Pulsar source started"
+                            );
+                        }
+                        connected_before = true;
+                        backoff.reset();
+                        c
+                    }
+                    Err(e) => {
+                        tracing::warn!(
+                            source = ctx.name(),
+                            "connecting to Pulsar at {} failed, retrying in {:?}: {e}",
+                            spec.url,
+                            backoff.peek()
+                        );
+                        if !backoff.sleep(ctx.shutdown()).await {
+                            break;
+                        }
+                        continue;
+                    }
+                },
+            };
+            match run.read(&mut c).await {
+                End::Stop => {
+                    consumer = Some(c);
+                    break;
+                }
+                End::Reconnect(why) => {
+                    tracing::warn!(source = ctx.name(), "Pulsar consumer failed, reconnecting: {why}");
+                    drop(c);
+                    if !backoff.sleep(ctx.shutdown()).await {
+                        break;
+                    }
+                }
+            }
+        }
+        // Stop reading; what was read and not handed on was not acknowledged
+        // and comes again. Wait for the in-flight batches, acknowledging as
+        // they finish.
+        let mut pending = Vec::new();
+        let Run { ctx, tracker, mut released, partitions, mut acks, .. } = run;
+        ctx.drain(&tracker, &mut released, |partition, handed| pending.extend(acks.released(partition, handed)))
+            .await;
+        if !pending.is_empty() {
+            match consumer.as_mut() {
+                Some(c) => {
+                    for (partition, id, cumulative) in pending {
+                        send_ack(c, &partitions, partition, id, cumulative).await;
+                    }
+                }
+                None => tracing::warn!(
+                    source = ctx.name(),
+                    "{} acknowledgements not sent (no connection to Pulsar); those messages will be delivered again",
+                    pending.len()
+                ),
+            }
+        }
+        if let Some(mut c) = consumer {
+            // Closing flushes the acknowledgements sent above before the
+            // connection goes.
+            if let Err(e) = c.close().await {
+                tracing::warn!(source = ctx.name(), "closing the Pulsar consumer: {e}");
+            }
+        }
+        tracing::info!(source = ctx.name(), "Pulsar source stopped");
+        Ok(())
+    }
+}
+
+async fn send_ack(
+    consumer: &mut Consumer<Vec<u8>, TokioExecutor>,
+    partitions: &Partitions,
+    partition: u32,
+    id: MessageIdData,
+    cumulative: bool,
+) {
+    let topic = &partitions.names[partition as usize];
+    let sent = if cumulative {
+        consumer.cumulative_ack_with_id(topic, id).await
+    } else {
+        consumer.ack_with_id(topic, id).await
+    };
+    if let Err(e) = sent {
+        // The message stays unacknowledged and is delivered again.
+        tracing::warn!(topic, "Pulsar acknowledgement failed: {e}");
+    }
+}
+
+impl Run<'_> {
+    async fn connect(&self) -> Result<Consumer<Vec<u8>, TokioExecutor>, String> {
+        let spec = self.spec;
+        let pulsar = client(&spec.url).await.map_err(|e| explain(&e))?;
+        let position = match spec.start {
+            Start::Latest => InitialPosition::Latest,
+            _ => InitialPosition::Earliest,
+        };
+        // The broker sends up to this many messages ahead of acknowledgement.
+        let queue = (spec.batch * 4).clamp(1000, 50_000) as u32;
+        // pulsar-rs numbers consumers from 0 in every process, and
+        // pulsar-lite 0.2.0 keeps consumer ids per subscription rather than
+        // per connection, so two weir processes on one subscription would
+        // collide there ("Consumer 0 already exists"). A random id avoids
+        // that and is as good as any on Apache Pulsar (ids are the
+        // client's to choose).
+        let id = std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), &spec.consumer);
+        pulsar
+            .consumer()
+            .with_consumer_id(id)
+            .with_topic(&spec.topic)
+            .with_subscription(&spec.subscription)
+            .with_subscription_type(spec.kind.sub_type())
+            .with_consumer_name(&spec.consumer)
+            .with_batch_size(queue)
+            .with_options(
+                ConsumerOptions::default().with_initial_position(position).with_receiver_queue_size(queue).durable(true),
+            )
+            .build::<Vec<u8>>()
+            .await
+            .map_err(|e| explain(&e))
+    }
+
+    /// Reads and hands on until told to stop or the consumer fails.
+    async fn read(&mut self, consumer: &mut Consumer<Vec<u8>, TokioExecutor>) -> End {
+        let batch = self.spec.batch;
+        let burst = batch.saturating_mul(16).max(1024);
+        let mut buffers = Buffers::default();
+        loop {
+            let first = tokio::select! {
+                biased;
+                _ = self.ctx.shutdown().cancelled() => return End::Stop,
+                Some((partition, handed)) = self.released.recv() => {
+                    self.acknowledge(consumer, partition, handed).await;
+                    continue;
+                }
+                next = consumer.next() => next,
+            };
+            let mut next = Some(first);
+            let mut taken = 0;
+            while let Some(item) = next.take() {
+                match item {
+                    None => return End::Reconnect("the consumer's stream ended".into()),
+                    Some(Err(e)) => return End::Reconnect(explain(&e)),
+                    Some(Ok(m)) => {
+                        taken += 1;
+                        let partition = self.partitions.index(&m.topic);
+                        let handed = Handed { id: m.message_id().clone(), entry_size: m.message_id.batch_size };
+                        let message = convert(m).map_err(|(value, reason)| (Message::from_value(value), reason));
+                        buffers.add(partition, message, handed);
+                        if buffers.full(partition, batch) {
+                            let (read, ids) = buffers.take(partition).expect("full");
+                            if self.ctx.hand_over(&self.tracker, partition, ids, read).await.is_err() {
+                                return End::Stop;
+                            }
+                        }
+                    }
+                }
+                if taken >= burst {
+                    break;
+                }
+                next = consumer.next().now_or_never();
+            }
+            for (partition, read, ids) in buffers.take_all() {
+                if self.ctx.hand_over(&self.tracker, partition, ids, read).await.is_err() {
+                    return End::Stop;
+                }
+            }
+            while let Ok((partition, handed)) = self.released.try_recv() {
+                self.acknowledge(consumer, partition, handed).await;
+            }
+        }
+    }
+
+    async fn acknowledge(&mut self, consumer: &mut Consumer<Vec<u8>, TokioExecutor>, partition: u32, handed: Vec<Handed>) {
+        for (partition, id, cumulative) in self.acks.released(partition, handed) {
+            send_ack(consumer, &self.partitions, partition, id, cumulative).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(entry: u64, batch: Option<(i32, i32)>) -> Handed {
+        Handed {
+            id: MessageIdData {
+                ledger_id: 7,
+                entry_id: entry,
+                partition: Some(-1),
+                batch_index: batch.map(|(i, _)| i),
+                ..Default::default()
+            },
+            entry_size: batch.map(|(_, n)| n),
+        }
+    }
+
+    fn entries(acks: &[(u32, MessageIdData, bool)]) -> Vec<(u64, bool)> {
+        acks.iter().map(|(_, id, c)| (id.entry_id, *c)).collect()
+    }
+
+    #[test]
+    fn an_entry_of_a_producer_batch_is_acknowledged_when_all_its_messages_are_done() {
+        let mut acks = Acks { cumulative: false, entries: HashMap::new() };
+        assert_eq!(entries(&acks.released(0, vec![id(1, None), id(2, Some((0, 3))), id(2, Some((1, 3)))])), [(1, false)]);
+        // A copy of a finished message delivered again does not count twice.
+        assert_eq!(entries(&acks.released(0, vec![id(2, Some((1, 3)))])), []);
+        assert_eq!(entries(&acks.released(0, vec![id(2, Some((2, 3))), id(3, None)])), [(2, false), (3, false)]);
+        assert!(acks.entries.is_empty());
+    }
+
+    #[test]
+    fn cumulative_acknowledgement_stops_before_an_unfinished_entry() {
+        let mut acks = Acks { cumulative: true, entries: HashMap::new() };
+        assert_eq!(entries(&acks.released(0, vec![id(1, None), id(2, Some((0, 2)))])), [(1, true)]);
+        assert_eq!(entries(&acks.released(0, vec![id(2, Some((1, 2))), id(3, None)])), [(3, true)]);
+    }
+
+    #[test]
+    fn ids_print_as_pulsar_clients_print_them() {
+        assert_eq!(id_text(&id(4, None).id), "7:4:-1");
+        assert_eq!(id_text(&id(4, Some((2, 5))).id), "7:4:-1:2");
+    }
+}

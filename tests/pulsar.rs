@@ -1,0 +1,497 @@
+//! The Pulsar connector against a real Pulsar-protocol broker: pulsar-lite
+//! 0.2.0, one per test on free loopback ports, with the reframing proxy of
+//! `support::pulsar` between it and weir (see there why). The official
+//! Python client (`pulsar-client`) produces and consumes on the other side,
+//! talking to the broker directly, so what it writes weir reads and what
+//! weir writes it reads. Every test waits for conditions with deadlines and
+//! counts exactly.
+
+mod support;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use support::pulsar::{PulsarLite, crc32c, python_client};
+use support::{Scratch, plugin, run_weir, text, wait_until, weir};
+
+const LONG: Duration = Duration::from_secs(240);
+
+/// The Python side: `produce URL TOPIC N KEYS FIRST [key-based]` sends
+/// messages `FIRST..FIRST+N` (value `value-I`, key `kI%KEYS`, property
+/// `seq`, event time) with batching (one key per entry with `key-based`); `consume URL TOPIC SUBSCRIPTION N TIMEOUT_S` prints up to N
+/// messages as JSON lines, acknowledging each.
+const PY: &str = r#"
+import base64, json, sys, pulsar
+mode, url, topic = sys.argv[1], sys.argv[2], sys.argv[3]
+client = pulsar.Client(url, logger=pulsar.ConsoleLogger(pulsar.LoggerLevel.Error))
+if mode == "produce":
+    n, keys, first = int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
+    # Key-based batching keeps one key per broker entry, as key_shared needs.
+    batching = pulsar.BatchingType.KeyBased if sys.argv[7:] == ["key-based"] else pulsar.BatchingType.Default
+    producer = client.create_producer(topic, batching_enabled=True, batching_max_messages=100,
+                                      batching_max_publish_delay_ms=5, block_if_queue_full=True,
+                                      batching_type=batching)
+    failed = []
+    for i in range(first, first + n):
+        producer.send_async(("value-%d" % i).encode(), lambda res, _id: res == pulsar.Result.Ok or failed.append(res),
+                            partition_key="k%d" % (i % keys), properties={"seq": str(i)},
+                            event_timestamp=1700000000000 + i)
+    producer.flush()
+    assert not failed, failed
+else:
+    sub, n, timeout = sys.argv[4], int(sys.argv[5]), int(sys.argv[6])
+    consumer = client.subscribe(topic, sub, consumer_type=pulsar.ConsumerType.Shared,
+                                initial_position=pulsar.InitialPosition.Earliest)
+    for _ in range(n):
+        try:
+            m = consumer.receive(timeout_millis=timeout * 1000)
+        except Exception:
+            break
+        print(json.dumps({"key": m.partition_key(), "value_b64": base64.b64encode(m.data()).decode(),
+                          "properties": m.properties(), "event_time": m.event_timestamp()}), flush=True)
+        consumer.acknowledge(m)
+client.close()
+"#;
+
+fn python(scratch: &Scratch, args: &[&str]) -> String {
+    python_client();
+    let script = scratch.write("client.py", PY);
+    let out = Command::new("python3").arg(&script).args(args).output().expect("running python3");
+    assert!(out.status.success(), "python client {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).expect("UTF-8")
+}
+
+/// Produces messages `first..first+n` with the Python client, straight to the broker.
+fn produce(broker: &PulsarLite, scratch: &Scratch, topic: &str, n: u64, keys: u64, first: u64) {
+    python(scratch, &["produce", &broker.direct_url(), topic, &n.to_string(), &keys.to_string(), &first.to_string()]);
+}
+
+/// [`produce`] with key-based batching: every broker entry holds one key.
+fn produce_key_based(broker: &PulsarLite, scratch: &Scratch, topic: &str, n: u64, keys: u64) {
+    let (url, n, keys) = (broker.direct_url(), n.to_string(), keys.to_string());
+    python(scratch, &["produce", &url, topic, &n, &keys, "0", "key-based"]);
+}
+
+/// Consumes up to `n` messages with the Python client.
+fn consume(broker: &PulsarLite, scratch: &Scratch, topic: &str, n: u64) -> Vec<serde_json::Value> {
+    let out = python(scratch, &["consume", &broker.direct_url(), topic, "py-check", &n.to_string(), "20"]);
+    out.lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect()
+}
+
+fn topic(tag: &str) -> String {
+    format!("persistent://public/default/{tag}")
+}
+
+/// A running `weir`, stdout and stderr to files.
+struct Weir {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Weir {
+    fn start(args: &[&str], scratch: &Scratch, tag: &str) -> Self {
+        let log = scratch.path(&format!("{tag}.log"));
+        let child = weir()
+            .args(args)
+            .env("WEIR_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(File::create(scratch.path(&format!("{tag}.out"))).unwrap())
+            .stderr(File::create(&log).unwrap())
+            .spawn()
+            .expect("starting weir");
+        Weir { child, log }
+    }
+
+    fn run(scratch: &Scratch, name: &str, pipeline: &str) -> Self {
+        let file = scratch.write(&format!("{name}.toml"), pipeline);
+        Self::start(&["run", file.to_str().unwrap()], scratch, name)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    fn wait_for(&mut self, what: &str, mut condition: impl FnMut() -> bool) {
+        let ok = wait_until(LONG, || condition() || !self.running());
+        assert!(ok && self.running(), "{what}: not reached (or weir exited); log:\n{}", self.log());
+    }
+
+    /// SIGTERM; weir must drain and exit 0.
+    fn stop(mut self) -> String {
+        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+        assert!(wait_until(LONG, || !self.running()), "weir did not stop on SIGTERM; log:\n{}", self.log());
+        assert_eq!(self.child.wait().unwrap().code(), Some(0), "weir must drain and exit 0; log:\n{}", self.log());
+        self.log()
+    }
+
+    fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Weir {
+    fn drop(&mut self) {
+        if self.running() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// `[[source]]` on `uri` with `extra` keys → optional stage → file sink `out`.
+fn pipeline(uri: &str, extra: &str, stage: &str, out: &std::path::Path) -> String {
+    format!(
+        r#"
+        [[source]]
+        name = "in"
+        uri = "{uri}"
+        {extra}
+
+        {stage}
+
+        [[sink]]
+        name = "out"
+        uri = "file://{}"
+        batch = {{ max_size = 1000, max_wait_ms = 5 }}
+        "#,
+        out.display()
+    )
+}
+
+fn passthrough_stage() -> String {
+    format!("[[stage]]\nname = \"pass\"\nplugin = \"{}\"\nconcurrency = 2\n", plugin("passthrough").display())
+}
+
+fn seq(line: &serde_json::Value) -> u64 {
+    line["headers"]["seq"].as_str().unwrap_or_else(|| panic!("no seq header in {line}")).parse().unwrap()
+}
+
+/// Sequence numbers in a file sink's output, one per line.
+fn seqs(scratch: &Scratch, file: &str) -> Vec<u64> {
+    scratch.json_lines(file).iter().map(seq).collect()
+}
+
+fn count_each(seqs: &[u64], n: u64) -> Vec<u32> {
+    let mut count = vec![0u32; n as usize];
+    for &s in seqs {
+        count[s as usize] += 1;
+    }
+    count
+}
+
+// ------------------------------------------------------------------- tests
+
+#[test]
+fn the_proxy_checksum_is_crc32c() {
+    assert_eq!(crc32c(b"123456789"), 0xE306_9283);
+}
+
+/// What the Python client produces weir reads with key, properties, event
+/// time and origin; what weir writes the Python client reads the same way.
+#[test]
+fn interoperates_with_the_official_client_both_ways() {
+    const N: u64 = 500;
+    let broker = PulsarLite::start();
+    let scratch = Scratch::new();
+    let (input, output) = (topic("interop-in"), topic("interop-out"));
+    produce(&broker, &scratch, &input, N, 7, 0);
+    let out = scratch.path("out.ndjson");
+    let text = pipeline(&format!("pulsar://{}/public/default/interop-in", broker.addr()), "", "", &out);
+    let mut run = Weir::run(&scratch, "read", &text);
+    run.wait_for("every message read", || scratch.lines("out.ndjson").len() as u64 >= N);
+    run.stop();
+    let lines = scratch.json_lines("out.ndjson");
+    assert_eq!(lines.len() as u64, N);
+    for line in &lines {
+        let i = seq(line);
+        assert_eq!(line["value"], format!("value-{i}"), "{line}");
+        assert_eq!(line["key"], format!("k{}", i % 7), "{line}");
+        assert_eq!(line["timestamp_ms"], 1_700_000_000_000 + i, "{line}");
+        assert_eq!(line["headers"].as_object().unwrap().len(), 1, "{line}");
+    }
+    let mut sorted: Vec<u64> = lines.iter().map(seq).collect();
+    sorted.sort_unstable();
+    assert_eq!(sorted, (0..N).collect::<Vec<_>>());
+
+    // weir → Pulsar: the file written above, relayed to another topic.
+    let relay = run_weir(
+        &[
+            "relay",
+            "--input",
+            &format!("file://{}", out.display()),
+            "--output",
+            &format!("pulsar://{}/public/default/interop-out", broker.addr()),
+        ],
+        LONG,
+    );
+    assert!(relay.status.success(), "relay file → pulsar: {:?}", support::text(&relay));
+    let read = consume(&broker, &scratch, &output, N);
+    assert_eq!(read.len() as u64, N, "the Python client reads everything weir wrote");
+    for m in &read {
+        let i: u64 = m["properties"]["seq"].as_str().unwrap().parse().unwrap();
+        assert_eq!(m["key"], format!("k{}", i % 7));
+        assert_eq!(m["event_time"], 1_700_000_000_000 + i);
+        use base64::Engine;
+        let value = base64::engine::general_purpose::STANDARD.decode(m["value_b64"].as_str().unwrap()).unwrap();
+        assert_eq!(value, format!("value-{i}").into_bytes());
+    }
+}
+
+/// 100,000 messages: file → (weir relay) → topic → (weir run: passthrough)
+/// → topic → (weir relay) → file; exact content, each exactly once.
+#[test]
+fn end_to_end_100k_through_a_plugin() {
+    const N: u64 = 100_000;
+    let broker = PulsarLite::start();
+    let scratch = Scratch::new();
+    let mut lines = String::new();
+    for i in 0..N {
+        lines += &format!(
+            "{{\"key\":\"k{}\",\"value\":\"payload {i} é\",\"headers\":{{\"seq\":\"{i}\"}},\"timestamp_ms\":{}}}\n",
+            i % 97,
+            1_700_000_000_000 + i
+        );
+    }
+    let file = scratch.write("in.ndjson", &lines);
+    let addr = broker.addr();
+    let out = run_weir(
+        &[
+            "relay",
+            "--input",
+            &format!("file://{}", file.display()),
+            "--output",
+            &format!("pulsar://{addr}/public/default/e2e-in"),
+        ],
+        LONG,
+    );
+    assert!(out.status.success(), "relay file → pulsar failed: {:?}", text(&out));
+
+    let middle = format!(
+        r#"
+        [[source]]
+        name = "in"
+        uri = "pulsar://{addr}/public/default/e2e-in"
+        batch_size = 500
+
+        {}
+
+        [[sink]]
+        name = "out"
+        uri = "pulsar://{addr}/public/default/e2e-out"
+        batch = {{ max_size = 1000, max_wait_ms = 5 }}
+        "#,
+        passthrough_stage()
+    );
+    let run = Weir::run(&scratch, "middle", &middle);
+    let result = scratch.path("out.ndjson");
+    let back = pipeline(&format!("pulsar://{addr}/public/default/e2e-out"), "", "", &result);
+    let mut reader = Weir::run(&scratch, "back", &back);
+    reader.wait_for("all 100,000 through", || scratch.lines("out.ndjson").len() as u64 >= N);
+    run.stop();
+    reader.stop();
+
+    let written = scratch.json_lines("out.ndjson");
+    assert_eq!(written.len() as u64, N, "exactly one output per input in a clean run");
+    let mut seen = vec![false; N as usize];
+    for line in &written {
+        let i = seq(line);
+        assert!(!std::mem::replace(&mut seen[i as usize], true), "seq {i} written twice");
+        let expected = serde_json::json!({
+            "key": format!("k{}", i % 97),
+            "value": format!("payload {i} é"),
+            "headers": {"seq": i.to_string()},
+            "timestamp_ms": 1_700_000_000_000 + i,
+        });
+        assert_eq!(line, &expected, "message {i} changed on the way");
+    }
+}
+
+/// kill -9 mid-run, start again: every message reaches the output at least
+/// once (unacknowledged messages are delivered again).
+#[test]
+fn kill_9_and_restart_loses_nothing() {
+    const N: u64 = 20_000;
+    let broker = PulsarLite::start();
+    let scratch = Scratch::new();
+    let input = topic("crash-in");
+    produce(&broker, &scratch, &input, N, 13, 0);
+    let stage = format!(
+        "[[stage]]\nname = \"slow\"\nplugin = \"{}\"\nconfig = {{ delay_us_max = 100 }}\n",
+        plugin("probe").display()
+    );
+    let text = pipeline(
+        &format!("pulsar://{}/public/default/crash-in?subscription=crash", broker.addr()),
+        "batch_size = 100",
+        &stage,
+        &scratch.path("out.ndjson"),
+    );
+    let mut first = Weir::run(&scratch, "crash-1", &text);
+    first.wait_for("a first part written", || scratch.lines("out.ndjson").len() >= 2_000);
+    first.kill9();
+    let before = scratch.lines("out.ndjson").len();
+    assert!((before as u64) < N, "the run should have been interrupted mid-way ({before} of {N} written)");
+
+    let mut second = Weir::run(&scratch, "crash-2", &text);
+    second.wait_for("every message written after the restart", || {
+        count_each(&seqs(&scratch, "out.ndjson"), N).iter().all(|&c| c > 0)
+    });
+    second.stop();
+    let all = seqs(&scratch, "out.ndjson");
+    assert!(count_each(&all, N).iter().all(|&c| c > 0), "every message must reach the output at least once");
+    println!(
+        "kill -9 test: killed after {before} of {N} written; {} written in all ({} duplicates)",
+        all.len(),
+        all.len() as u64 - N
+    );
+}
+
+/// The broker restarts mid-run: the source reconnects and the run completes
+/// with nothing lost.
+#[test]
+fn broker_restart_mid_run_loses_nothing() {
+    const N: u64 = 20_000;
+    let mut broker = PulsarLite::start();
+    let scratch = Scratch::new();
+    let input = topic("restart-in");
+    produce(&broker, &scratch, &input, N / 2, 13, 0);
+    let stage = format!(
+        "[[stage]]\nname = \"slow\"\nplugin = \"{}\"\nconfig = {{ delay_us_max = 100 }}\n",
+        plugin("probe").display()
+    );
+    let text = pipeline(
+        &format!("pulsar://{}/public/default/restart-in", broker.addr()),
+        "batch_size = 100",
+        &stage,
+        &scratch.path("out.ndjson"),
+    );
+    let mut run = Weir::run(&scratch, "restart", &text);
+    run.wait_for("a first part written", || scratch.lines("out.ndjson").len() >= 1_000);
+    broker.restart();
+    produce(&broker, &scratch, &input, N / 2, 13, N / 2);
+    run.wait_for("everything written after the restart", || {
+        count_each(&seqs(&scratch, "out.ndjson"), N).iter().all(|&c| c > 0)
+    });
+    let log = run.stop();
+    assert!(log.contains("reconnect"), "the source should have reconnected; log:\n{log}");
+    let all = seqs(&scratch, "out.ndjson");
+    println!("broker restart test: {} written for {N} inputs ({} duplicates)", all.len(), all.len() as u64 - N);
+}
+
+/// Two `weir run` processes on one key_shared subscription: the union is
+/// every message exactly once, each key went to one process and kept its order.
+#[test]
+fn two_processes_on_a_key_shared_subscription() {
+    const N: u64 = 20_000;
+    let broker = PulsarLite::start();
+    let scratch = Scratch::new();
+    let input = topic("scale-in");
+    let uri = format!("pulsar://{}/public/default/scale-in?subscription=scale&type=key_shared", broker.addr());
+    let mut runs: Vec<Weir> = (0..2)
+        .map(|i| {
+            let text = pipeline(
+                &uri,
+                &format!("consumer = \"weir-{i}\"\nbatch_size = 50"),
+                "",
+                &scratch.path(&format!("out-{i}.ndjson")),
+            );
+            Weir::run(&scratch, &format!("scale-{i}"), &text)
+        })
+        .collect();
+    for run in runs.iter_mut() {
+        let log = run.log.clone();
+        run.wait_for("subscribed", || {
+            std::fs::read_to_string(&log).unwrap_or_default().contains("Pulsar source started")
+        });
+    }
+    produce_key_based(&broker, &scratch, &input, N, 50);
+    let total = || (0..2).map(|i| scratch.lines(&format!("out-{i}.ndjson")).len() as u64).sum::<u64>();
+    runs[0].wait_for("everything written", || total() >= N);
+    let logs: Vec<String> = runs.into_iter().map(Weir::stop).collect();
+    let logs = format!("{}\n---- broker:\n{}", logs.join("\n----\n"), broker.log());
+    let mut all = Vec::new();
+    let mut owner: HashMap<String, usize> = HashMap::new();
+    let mut shares = Vec::new();
+    for i in 0..2 {
+        let lines = scratch.json_lines(&format!("out-{i}.ndjson"));
+        shares.push(lines.len());
+        let mut last: BTreeMap<String, u64> = BTreeMap::new();
+        for line in &lines {
+            let (key, s) = (line["key"].as_str().unwrap().to_string(), seq(line));
+            if let Some(prev) = last.insert(key.clone(), s) {
+                assert!(prev < s, "key {key}: {s} came after {prev} in process {i}; logs:\n{logs}");
+            }
+            assert_eq!(*owner.entry(key.clone()).or_insert(i), i, "key {key} went to both processes; logs:\n{logs}");
+            all.push(s);
+        }
+    }
+    println!("key_shared test: shares {shares:?} of {N}");
+    assert!(count_each(&all, N).iter().all(|&c| c == 1), "the union covers every message exactly once");
+    assert!(shares.iter().all(|&s| s > 0), "each process took a share: {shares:?}");
+}
+
+/// `weir relay`: file → Pulsar, then Pulsar → stdout.
+#[test]
+fn relay_file_to_pulsar_and_pulsar_to_stdout() {
+    const N: u64 = 1_000;
+    let broker = PulsarLite::start();
+    let scratch = Scratch::new();
+    let lines: String = (0..N).map(|i| format!("line {i}\n")).collect();
+    let file = scratch.write("in.txt", &lines);
+    let uri = format!("pulsar://{}/public/default/relay", broker.addr());
+    let out = run_weir(
+        &["relay", "--input", &format!("file://{}", file.display()), "--output", &uri, "--format", "raw"],
+        LONG,
+    );
+    assert!(out.status.success(), "{:?}", text(&out));
+    let mut relay = Weir::start(
+        &["relay", "--input", &format!("{uri}?subscription=relay"), "--output", "stdio://", "--format", "raw"],
+        &scratch,
+        "relay",
+    );
+    relay.wait_for("everything relayed", || scratch.lines("relay.out").len() as u64 >= N);
+    relay.stop();
+    assert_eq!(scratch.lines("relay.out"), (0..N).map(|i| format!("line {i}")).collect::<Vec<_>>());
+}
+
+/// Bad URIs and keys are refused before anything starts (exit 2), naming
+/// the problem.
+#[test]
+fn bad_pulsar_configuration_is_refused() {
+    let scratch = Scratch::new();
+    for (name, source, expected) in [
+        ("no-topic", "uri = \"pulsar://127.0.0.1:6650\"", "needs tenant/namespace/topic"),
+        ("no-port", "uri = \"pulsar://127.0.0.1/public/default/t\"", "needs host:port"),
+        ("short", "uri = \"pulsar://127.0.0.1:6650/default/t\"", "is not tenant/namespace/topic"),
+        ("bad-type", "uri = \"pulsar://127.0.0.1:6650/public/default/t?type=fanout\"", "type `fanout`"),
+        ("bad-start", "uri = \"pulsar://127.0.0.1:6650/public/default/t\"\nstart = \"yesterday\"", "start `yesterday`"),
+        (
+            "twice",
+            "uri = \"pulsar://127.0.0.1:6650/public/default/t?subscription=a\"\nsubscription = \"b\"",
+            "`subscription` is given both",
+        ),
+        (
+            "topic-twice",
+            "uri = \"pulsar://127.0.0.1:6650/public/default/t\"\ntopic = \"persistent://public/default/u\"",
+            "both in the URI",
+        ),
+        ("unknown", "uri = \"pulsar://127.0.0.1:6650/public/default/t?grop=x\"", "unknown query parameter `grop`"),
+    ] {
+        let file = scratch.write(
+            &format!("{name}.toml"),
+            &format!("[[source]]\nname = \"in\"\n{source}\n[[sink]]\nname = \"out\"\nuri = \"null://\"\n"),
+        );
+        let out = run_weir(&["run", file.to_str().unwrap()], Duration::from_secs(60));
+        let (_, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{name}: {stderr}");
+        assert!(stderr.contains(expected), "{name}: expected `{expected}` in: {stderr}");
+    }
+}

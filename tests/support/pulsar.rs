@@ -1,0 +1,265 @@
+//! A Pulsar broker for the tests: pulsar-lite 0.2.0 (a Pulsar-protocol
+//! broker that ships as a binary inside its PyPI wheel), and the reframing
+//! proxy weir talks to it through.
+//!
+//! **Why the proxy.** A Pulsar message frame may carry an optional section
+//! (the magic number `0x0e01` and a CRC32C of metadata and payload) between
+//! its command and its metadata. Apache Pulsar brokers always send it (their
+//! clients write it and the broker passes entries on as they are);
+//! pulsar-lite leaves it out, and pulsar-rs, the client weir uses, cannot
+//! read a frame without it ("Error decoding payload frame: Incomplete"). So
+//! weir cannot consume from pulsar-lite directly. The proxy sits between
+//! them, passes everything through and inserts the missing section into the
+//! broker's message frames; it also points lookup answers at itself so that
+//! the client does not bypass it. It changes nothing else, so the tests
+//! exercise weir against the broker's real behaviour. The official Python
+//! client reads frames either way and talks to the broker directly.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use prost::Message as _;
+use pulsar::proto::BaseCommand;
+
+use super::{free_port, provision, wait_until};
+
+/// pulsar-lite's version the tests pin.
+pub const PULSAR_LITE: &str = "0.2.0";
+/// The official Python client's version the interoperability tests pin.
+pub const PULSAR_CLIENT: &str = "3.13.0";
+
+/// The pulsar-lite binary inside the installed wheel, installing the wheel
+/// (`pip install --no-deps`) when it is missing, saying so.
+pub fn pulsar_lite_binary() -> PathBuf {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY
+        .get_or_init(|| {
+            let find = || {
+                let out = Command::new("python3")
+                    .args(["-c", "import os, pulsar_lite; print(os.path.dirname(pulsar_lite.__file__))"])
+                    .output()
+                    .ok()?;
+                let dir = String::from_utf8(out.stdout).ok()?;
+                let binary = PathBuf::from(dir.trim()).join("bin/pulsar-lite");
+                (out.status.success() && binary.is_file()).then_some(binary)
+            };
+            if let Some(binary) = find() {
+                return binary;
+            }
+            let pin = format!("pulsar-lite=={PULSAR_LITE}");
+            provision(
+                "pulsar-lite, the Pulsar test broker",
+                Command::new("python3").args(["-m", "pip", "install", "--quiet", "--no-deps", &pin]),
+            );
+            find().unwrap_or_else(|| {
+                panic!("pulsar-lite was installed but its binary is missing; run: pip install --no-deps {pin}")
+            })
+        })
+        .clone()
+}
+
+/// Makes sure the official Python client is importable, installing it when
+/// it is missing, saying so.
+pub fn python_client() {
+    static CLIENT: OnceLock<()> = OnceLock::new();
+    CLIENT.get_or_init(|| {
+        let importable =
+            || Command::new("python3").args(["-c", "import pulsar"]).output().is_ok_and(|o| o.status.success());
+        if !importable() {
+            let pin = format!("pulsar-client=={PULSAR_CLIENT}");
+            provision(
+                "the Pulsar Python client",
+                Command::new("python3").args(["-m", "pip", "install", "--quiet", &pin]),
+            );
+            assert!(importable(), "pulsar-client was installed but `import pulsar` fails; run: pip install {pin}");
+        }
+    });
+}
+
+/// A pulsar-lite broker on a free loopback port with its own data folder,
+/// and the reframing proxy in front of it.
+pub struct PulsarLite {
+    child: Option<Child>,
+    port: u16,
+    proxy_port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl PulsarLite {
+    /// Starts a broker (metrics listener off, every address on loopback)
+    /// and its proxy.
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("pulsar-lite.toml"), "[metrics]\nenabled = false\n").expect("config");
+        let port = free_port();
+        let listener = TcpListener::bind("127.0.0.1:0").expect("proxy listener");
+        let proxy_port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || proxy(listener, port));
+        let mut broker = PulsarLite { child: None, port, proxy_port, dir };
+        broker.spawn();
+        broker
+    }
+
+    /// The URL weir uses: through the proxy.
+    pub fn url(&self) -> String {
+        format!("pulsar://127.0.0.1:{}", self.proxy_port)
+    }
+
+    /// `host:port` of the proxy, for `pulsar://` URIs.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.proxy_port)
+    }
+
+    /// The broker's own URL (for the Python client, which reads frames
+    /// without the checksum section).
+    pub fn direct_url(&self) -> String {
+        format!("pulsar://127.0.0.1:{}", self.port)
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("broker.log"))
+            .expect("broker log");
+        let child = Command::new(pulsar_lite_binary())
+            .arg("--config")
+            .arg(self.dir.path().join("pulsar-lite.toml"))
+            .args(["--addr", &format!("127.0.0.1:{}", self.port), "--log-level", "warn", "--db-path"])
+            .arg(self.dir.path().join("db"))
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("starting pulsar-lite");
+        self.child = Some(child);
+        let port = self.port;
+        assert!(
+            wait_until(Duration::from_secs(30), || TcpStream::connect(("127.0.0.1", port)).is_ok()),
+            "pulsar-lite did not listen on 127.0.0.1:{port}; log:\n{}",
+            self.log()
+        );
+    }
+
+    /// The broker's log.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("broker.log")).unwrap_or_default()
+    }
+
+    /// Stops the broker (SIGTERM, then SIGKILL) and starts it again on the
+    /// same port and data: its connections drop, its data stays.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    /// Stops the broker.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+            if !wait_until(Duration::from_secs(10), || child.try_wait().ok().flatten().is_some()) {
+                let _ = child.kill();
+            }
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for PulsarLite {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Accepts clients for ever, each on its own pair of threads.
+fn proxy(listener: TcpListener, broker_port: u16) {
+    let own = format!("pulsar://127.0.0.1:{}", listener.local_addr().unwrap().port());
+    for client in listener.incoming().map_while(Result::ok) {
+        let Ok(broker) = TcpStream::connect(("127.0.0.1", broker_port)) else {
+            // The broker is down: the client sees the connection close.
+            let _ = client.shutdown(Shutdown::Both);
+            continue;
+        };
+        let _ = client.set_nodelay(true);
+        let _ = broker.set_nodelay(true);
+        let (mut c_read, mut b_write) = (client.try_clone().unwrap(), broker.try_clone().unwrap());
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut c_read, &mut b_write);
+            let _ = b_write.shutdown(Shutdown::Both);
+        });
+        let own = own.clone();
+        std::thread::spawn(move || {
+            let (mut b_read, mut c_write) = (broker, client);
+            let _ = reframe(&mut b_read, &mut c_write, &own);
+            let _ = c_write.shutdown(Shutdown::Both);
+            let _ = b_read.shutdown(Shutdown::Both);
+        });
+    }
+}
+
+/// Copies the broker's frames to the client, adding the checksum section to
+/// message frames that lack it and pointing lookup answers at `own`.
+fn reframe(from: &mut TcpStream, to: &mut TcpStream, own: &str) -> std::io::Result<()> {
+    let mut buffered = std::io::BufReader::with_capacity(1 << 16, from);
+    let mut out = Vec::with_capacity(1 << 16);
+    loop {
+        let mut size = [0u8; 4];
+        buffered.read_exact(&mut size)?;
+        let mut frame = vec![0u8; u32::from_be_bytes(size) as usize];
+        buffered.read_exact(&mut frame)?;
+        let command_size = u32::from_be_bytes(frame[..4].try_into().unwrap()) as usize;
+        let (command, rest) = frame[4..].split_at(command_size);
+        out.clear();
+        if rest.is_empty() {
+            let mut decoded = BaseCommand::decode(command).map_err(std::io::Error::other)?;
+            if let Some(lookup) = decoded.lookup_topic_response.as_mut()
+                && lookup.broker_service_url.is_some()
+            {
+                lookup.broker_service_url = Some(own.to_string());
+                let command = decoded.encode_to_vec();
+                out.extend_from_slice(&(4 + command.len() as u32).to_be_bytes());
+                out.extend_from_slice(&(command.len() as u32).to_be_bytes());
+                out.extend_from_slice(&command);
+            } else {
+                out.extend_from_slice(&size);
+                out.extend_from_slice(&frame);
+            }
+        } else if rest.starts_with(&[0x0e, 0x01]) {
+            out.extend_from_slice(&size);
+            out.extend_from_slice(&frame);
+        } else {
+            // [size][command size][command][0x0e01][crc32c(rest)][rest]
+            out.extend_from_slice(&(frame.len() as u32 + 6).to_be_bytes());
+            out.extend_from_slice(&frame[..4 + command_size]);
+            out.extend_from_slice(&[0x0e, 0x01]);
+            out.extend_from_slice(&crc32c(rest).to_be_bytes());
+            out.extend_from_slice(rest);
+        }
+        to.write_all(&out)?;
+    }
+}
+
+/// CRC-32C (Castagnoli), the checksum of Pulsar frames.
+pub fn crc32c(bytes: &[u8]) -> u32 {
+    static TABLE: OnceLock<[u32; 256]> = OnceLock::new();
+    let table = TABLE.get_or_init(|| {
+        let mut table = [0u32; 256];
+        for (i, slot) in table.iter_mut().enumerate() {
+            let mut crc = i as u32;
+            for _ in 0..8 {
+                crc = if crc & 1 == 1 { (crc >> 1) ^ 0x82F6_3B78 } else { crc >> 1 };
+            }
+            *slot = crc;
+        }
+        table
+    });
+    !bytes.iter().fold(!0u32, |crc, &b| table[((crc ^ b as u32) & 0xff) as usize] ^ (crc >> 8))
+}
