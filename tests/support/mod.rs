@@ -536,6 +536,60 @@ impl Admin {
     }
 }
 
+/// One scrape of `GET /metrics`, read with a real Prometheus text parser.
+pub struct Metrics {
+    pub scrape: prometheus_parse::Scrape,
+    /// The text as served, for failure messages.
+    pub text: String,
+}
+
+impl Metrics {
+    /// Scrapes the admin listener on `port` (no token needed).
+    pub fn scrape(port: u16) -> Metrics {
+        let reply = Admin::anonymous(port).request_get("/metrics", b"");
+        assert_eq!(reply.status, 200, "/metrics: {reply:?}");
+        let text = reply.body.as_str().expect("/metrics is text").to_string();
+        let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
+            .unwrap_or_else(|e| panic!("/metrics does not parse: {e}\n{text}"));
+        Metrics { scrape, text }
+    }
+
+    /// The value of the counter, gauge or untyped sample `metric` whose
+    /// labels include `labels`; `None` if there is none.
+    pub fn get(&self, metric: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        use prometheus_parse::Value;
+        self.scrape.samples.iter().filter(|s| s.metric == metric).find_map(|s| {
+            if !labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)) {
+                return None;
+            }
+            match s.value {
+                Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => Some(v),
+                _ => None,
+            }
+        })
+    }
+
+    /// Like [`Metrics::get`], failing the test with the whole text when the
+    /// sample is missing.
+    pub fn value(&self, metric: &str, labels: &[(&str, &str)]) -> f64 {
+        self.get(metric, labels).unwrap_or_else(|| panic!("no {metric}{labels:?} in:\n{}", self.text))
+    }
+
+    /// A histogram's sample count (its `+Inf` bucket) for `labels`.
+    pub fn histogram_count(&self, metric: &str, labels: &[(&str, &str)]) -> f64 {
+        use prometheus_parse::Value;
+        self.scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == metric && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .find_map(|s| match &s.value {
+                Value::Histogram(buckets) => buckets.iter().find(|b| b.less_than.is_infinite()).map(|b| b.count),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("no histogram {metric}{labels:?} in:\n{}", self.text))
+    }
+}
+
 /// `component` with a custom section `name` of `len` bytes appended: the
 /// same plugin under another content hash (another version), as large as
 /// wanted (custom sections are not compiled).

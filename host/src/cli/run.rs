@@ -81,6 +81,9 @@ pub(super) fn run_config(config: &PipelineConfig, file: Option<&Path>, dev: bool
         .as_ref()
         .and_then(|_| crate::telemetry::install())
         .map(|handle| crate::admin::Metrics { telemetry: crate::telemetry::Telemetry::new(), handle });
+    if let Some(m) = &metrics {
+        m.telemetry.plugins(&pipeline.hot_plugins());
+    }
     let pipeline = match &metrics {
         Some(m) => pipeline.with_telemetry(m.telemetry.clone()),
         None => pipeline,
