@@ -56,7 +56,7 @@ pub fn install() -> Option<PrometheusHandle> {
 
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
-    describe_counter!("weir_component_received_events_total", "Messages a source handed to the pipeline.");
+    describe_counter!("weir_component_received_events_total", "Messages a source read, or a stage was handed.");
     describe_counter!("weir_component_received_bytes_total", "Bytes (keys, values, headers) a source handed on.");
     describe_counter!("weir_component_processed_events_total", "Messages a stage processed without failure.");
     describe_counter!("weir_component_sent_events_total", "Messages a sink wrote.");
@@ -68,6 +68,7 @@ fn describe() {
     describe_gauge!("weir_in_flight_bytes", "Bytes of source messages read and not yet acknowledged.");
     describe_counter!("weir_plugin_counter_total", "Plugin-defined counters (counter-add).");
     describe_histogram!("weir_plugin_call_seconds", "Duration of one plugin call (one batch).");
+    describe_gauge!("weir_uptime_seconds", "Seconds since the pipeline started.");
     describe_counter!("weir_component_filtered_events_total", "Messages a stage emitted nothing for.");
     describe_counter!("weir_component_traps_total", "Plugin traps by reason: panic, deadline, memory, other.");
     describe_gauge!("weir_component_instances", "Plugin instances running in a stage.");
@@ -81,9 +82,15 @@ fn describe() {
 }
 
 /// What a running pipeline registers for `/metrics`.
-#[derive(Default)]
 pub struct Telemetry {
     parts: Mutex<Parts>,
+    started: Instant,
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        Telemetry { parts: Mutex::default(), started: Instant::now() }
+    }
 }
 
 #[derive(Default)]
@@ -185,6 +192,7 @@ impl Telemetry {
             let name = context.name.to_string();
             let labels = [("component", name.clone()), ("kind", "stage".to_string())];
             let load = |v: &std::sync::atomic::AtomicU64| v.load(Ordering::Relaxed);
+            counter!("weir_component_received_events_total", &labels).absolute(load(&stats.dispatched));
             counter!("weir_component_processed_events_total", &labels).absolute(load(&stats.processed));
             counter!("weir_component_dead_lettered_events_total", &labels).absolute(load(&stats.dead_lettered));
             counter!("weir_component_skipped_events_total", &labels).absolute(load(&stats.skipped));
@@ -232,6 +240,7 @@ impl Telemetry {
             gauge!("weir_in_flight_bytes").set(budget.in_use() as f64);
         }
         drop(parts);
+        gauge!("weir_uptime_seconds").set(self.started.elapsed().as_secs_f64());
         handle.render()
     }
 }

@@ -8,6 +8,7 @@ mod new;
 mod relay;
 mod run;
 mod test;
+mod top;
 
 use std::path::PathBuf;
 
@@ -49,6 +50,14 @@ enum Command {
     Dev {
         /// The pipeline file (TOML).
         file: PathBuf,
+    },
+    /// A live view of a running pipeline: per source, stage and sink, the
+    /// messages in and out per second, totals, errors and lag, read from the
+    /// admin API's /metrics once a second. `q` quits.
+    Top {
+        /// The admin listener (`[admin] listen`).
+        #[arg(default_value = crate::admin::DEFAULT_LISTEN, value_name = "ADDR")]
+        addr: String,
     },
     /// Check a plugin: the world it implements, its exports and imports.
     Check {
@@ -125,6 +134,7 @@ pub fn main() -> i32 {
     match cli.command {
         Command::Run { file } => run::run(&file, false),
         Command::Dev { file } => run::run(&file, true),
+        Command::Top { addr } => top::top(&addr),
         Command::Check { plugin } => check::check(&plugin),
         Command::Build { dir, abi, aot } => build::build(&dir, abi.into(), aot),
         Command::New { name, lang } => new::new(&name, lang),
