@@ -5,6 +5,7 @@
 mod build;
 mod check;
 mod new;
+mod progress;
 mod relay;
 mod run;
 mod test;
@@ -180,6 +181,11 @@ fn report_error(message: impl std::fmt::Display) {
     } else {
         eprintln!("error: {message}");
     }
+}
+
+/// Whether log lines are JSON (no progress line then: a log shipper reads stderr).
+fn json_logs() -> bool {
+    LOG_FORMAT.get() == Some(&LogFormat::Json)
 }
 
 /// The log format chosen at start, for [`report_error`].

@@ -1,5 +1,6 @@
-//! `weir top` in a real terminal (tmux) against a running pipeline, and its
-//! message when nothing listens.
+//! The terminal views in a real terminal (tmux): `weir top` against a
+//! running pipeline (and its message when nothing listens), and the progress
+//! line of `weir run` (and its absence when stderr is a pipe).
 
 mod support;
 
@@ -60,4 +61,42 @@ fn top_says_so_when_nothing_listens() {
     let (_, stderr) = text(&output);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("needs a host and a port"), "{stderr}");
+}
+
+#[test]
+fn a_bounded_run_shows_a_progress_line_on_a_terminal_only() {
+    let scratch = Scratch::new();
+    // About four seconds of input, so the line is seen while it runs.
+    let file = scratch.write(
+        "pipeline.toml",
+        "[[source]]\nname = \"numbers\"\nuri = \"gen://?count=2000&rate=500\"\n\n\
+         [[sink]]\nname = \"nowhere\"\nuri = \"null://\"\n",
+    );
+    let command = format!("{} run {}", env!("CARGO_BIN_EXE_weir"), file.display());
+    let run = Tmux::start(&format!("env -u CI {command}"), 120, 10);
+    let mut screen = String::new();
+    let mut seen = Vec::new();
+    let done = wait_until(Duration::from_secs(30), || {
+        screen = run.capture();
+        if let Some(line) = screen.lines().find(|l| l.contains("msg/s")) {
+            seen.push(line.trim().to_string());
+        }
+        run.exit_code().is_some()
+    });
+    assert!(done, "the run ends:\n{screen}");
+    assert_eq!(run.exit_code(), Some(0), "{screen}");
+    let live = seen.iter().find(|l| l.starts_with("read ") && l.contains(" · written ")).cloned();
+    let live = live.unwrap_or_else(|| panic!("a status line while running, saw {seen:?}\n{screen}"));
+    assert!(live.ends_with(|c: char| c.is_ascii_digit()), "elapsed time last: {live}");
+    let counts: Vec<u64> =
+        seen.iter().filter_map(|l| l.strip_prefix("read ")?.split(' ').next()?.replace(',', "").parse().ok()).collect();
+    assert!(counts.windows(2).all(|w| w[0] <= w[1]) && counts.iter().any(|&n| n > 0), "counts grow: {seen:?}");
+    assert!(!screen.contains("msg/s"), "the line is cleared at the end:\n{screen}");
+    assert!(screen.contains("run finished"), "{screen}");
+
+    // Through a pipe (and in CI logs): nothing of it.
+    let output = run_weir(&["run", file.to_str().unwrap()], Duration::from_secs(60));
+    let (_, stderr) = text(&output);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("msg/s") && !stderr.contains('\r'), "no progress in a pipe: {stderr}");
 }
