@@ -110,6 +110,23 @@ fn metrics_add_up_for_a_known_input_during_the_run() {
         .collect();
     assert_eq!(shown.len(), 1, "one running version: {}", m.text);
 
+    // Every series the Grafana dashboard queries is one weir serves.
+    let dashboard = std::fs::read_to_string(support::workspace().join("docs/grafana-dashboard.json")).unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(&dashboard).expect("the dashboard is JSON");
+    let mut queried = 0;
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().expect("targets") {
+            let expr = target["expr"].as_str().expect("expr");
+            for name in
+                expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).filter(|w| w.starts_with("weir_"))
+            {
+                queried += 1;
+                assert!(m.text.contains(&format!("\n{name}{{")) || m.text.contains(&format!("\n{name} ")), "{name}");
+            }
+        }
+    }
+    assert!(queried > 10, "{queried}");
+
     weir.signal("-TERM");
     let (code, log, _) = weir.wait(Duration::from_secs(60));
     assert_eq!(code, Some(0), "{log}");
