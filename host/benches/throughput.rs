@@ -215,16 +215,25 @@ fn main() {
         );
         let trip_ns = 1e9 / run_pipeline(&tokio, &runtime, &natives, scratch.path(), &text, messages, None);
         // Metrics (`GET /metrics`): with the recorder installed, a batch
-        // pays one histogram sample per plugin call and a source's two
-        // counter adds over its weighed bytes; the rest is read at scrape.
+        // pays two histogram samples (plugin call duration, batch size), a
+        // clock pair and the busy-time, processed and filtered adds of the
+        // stage worker, and a source's two counter adds over its weighed
+        // bytes; the rest is read at scrape.
         weir::telemetry::install().expect("installing the recorder");
         let histogram = metrics::histogram!("weir_plugin_call_seconds", "component" => "bench");
-        let (events, bytes) = (std::sync::atomic::AtomicU64::new(0), std::sync::atomic::AtomicU64::new(0));
+        let sizes = metrics::histogram!("weir_component_batch_size", "component" => "bench");
+        let counters: [std::sync::atomic::AtomicU64; 5] = Default::default();
         let metrics_ns = per_message(256, || {
+            use std::sync::atomic::Ordering::Relaxed;
             let weight: usize = black_box(&batch).iter().map(Message::size).sum();
-            events.fetch_add(256, std::sync::atomic::Ordering::Relaxed);
-            bytes.fetch_add(weight as u64, std::sync::atomic::Ordering::Relaxed);
+            counters[0].fetch_add(256, Relaxed);
+            counters[1].fetch_add(weight as u64, Relaxed);
+            sizes.record(black_box(&batch).len() as f64);
+            let started = Instant::now();
             histogram.record(Duration::from_micros(50));
+            counters[2].fetch_add(256, Relaxed);
+            counters[3].fetch_add(0, Relaxed);
+            counters[4].fetch_add(started.elapsed().as_nanos() as u64, Relaxed);
         });
         // The whole trip again, with the recorder installed and the
         // pipeline's counters registered for scraping.

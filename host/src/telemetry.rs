@@ -4,14 +4,16 @@
 //! stage, sink and source stats behind the run summary). Rather than count a
 //! second time on the hot path, a scrape copies those totals into the
 //! `metrics` recorder and renders its text; only the plugin call duration is
-//! recorded as it happens (one histogram sample per call). Without an admin
-//! listener no recorder is installed and the histogram handle is a no-op.
+//! and the batch size are recorded as they happen (one histogram sample per
+//! call, one per batch). Without an admin listener no recorder is installed
+//! and the histogram handles are no-ops.
 //!
 //! Names follow the usual pipeline conventions: `weir_` prefix, one series
 //! per `component` (source, stage or sink name) and `kind`.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use parking_lot::Mutex;
@@ -19,11 +21,16 @@ use parking_lot::Mutex;
 use crate::flow::budget::InFlightBudget;
 use crate::pipeline::sink::SinkStats;
 use crate::pipeline::stage::StageStats;
-use crate::plugin::StageContext;
+use crate::plugin::swap::HotPlugin;
+use crate::plugin::{StageContext, TrapKind};
 
 /// Buckets of `weir_plugin_call_seconds`: 50 µs to 10 s.
 const CALL_BUCKETS: &[f64] =
     &[0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
+
+/// Buckets of `weir_component_batch_size`: powers of two up to 16384.
+const BATCH_BUCKETS: &[f64] =
+    &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0, 16384.0];
 
 /// The process's recorder, installed at most once.
 static RECORDER: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
@@ -36,6 +43,8 @@ pub fn install() -> Option<PrometheusHandle> {
             let recorder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Full("weir_plugin_call_seconds".into()), CALL_BUCKETS)
                 .ok()?
+                .set_buckets_for_metric(Matcher::Full("weir_component_batch_size".into()), BATCH_BUCKETS)
+                .ok()?
                 .build_recorder();
             let handle = recorder.handle();
             metrics::set_global_recorder(recorder).ok()?;
@@ -47,7 +56,7 @@ pub fn install() -> Option<PrometheusHandle> {
 
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
-    describe_counter!("weir_component_received_events_total", "Messages a source handed to the pipeline.");
+    describe_counter!("weir_component_received_events_total", "Messages a source read, or a stage was handed.");
     describe_counter!("weir_component_received_bytes_total", "Bytes (keys, values, headers) a source handed on.");
     describe_counter!("weir_component_processed_events_total", "Messages a stage processed without failure.");
     describe_counter!("weir_component_sent_events_total", "Messages a sink wrote.");
@@ -59,20 +68,64 @@ fn describe() {
     describe_gauge!("weir_in_flight_bytes", "Bytes of source messages read and not yet acknowledged.");
     describe_counter!("weir_plugin_counter_total", "Plugin-defined counters (counter-add).");
     describe_histogram!("weir_plugin_call_seconds", "Duration of one plugin call (one batch).");
+    describe_gauge!("weir_uptime_seconds", "Seconds since the pipeline started.");
+    describe_counter!("weir_component_filtered_events_total", "Messages a stage emitted nothing for.");
+    describe_counter!("weir_component_traps_total", "Plugin traps by reason: panic, deadline, memory, other.");
+    describe_gauge!("weir_component_instances", "Plugin instances running in a stage.");
+    describe_gauge!("weir_component_in_flight_events", "Messages handed to a stage's instances, not yet resolved.");
+    describe_counter!("weir_component_busy_milliseconds_total", "Time a stage's workers spent processing batches.");
+    describe_gauge!("weir_component_utilization", "Share of time a stage's workers were busy since the last scrape.");
+    describe_histogram!("weir_component_batch_size", "Messages per batch a stage processed.");
+    describe_gauge!("weir_plugin_info", "1 for the plugin version a stage runs, 0 for versions it ran before.");
+    describe_counter!("weir_plugin_swaps_total", "Hot swaps (and rollbacks) of a stage's plugin.");
+    describe_counter!("weir_plugin_swaps_refused_total", "Plugin versions refused by a stage.");
 }
 
 /// What a running pipeline registers for `/metrics`.
-#[derive(Default)]
 pub struct Telemetry {
     parts: Mutex<Parts>,
+    started: Instant,
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        Telemetry { parts: Mutex::default(), started: Instant::now() }
+    }
 }
 
 #[derive(Default)]
 struct Parts {
     sources: Vec<(String, Arc<crate::flow::SourceStats>)>,
-    stages: Vec<(Arc<StageContext>, Arc<StageStats>)>,
+    stages: Vec<StageEntry>,
     sinks: Vec<(String, &'static str, Arc<SinkStats>)>,
     budget: Option<InFlightBudget>,
+    plugins: Vec<PluginEntry>,
+}
+
+/// A stage and its busy time at the previous scrape (for utilization).
+struct StageEntry {
+    context: Arc<StageContext>,
+    stats: Arc<StageStats>,
+    last: (Instant, u64),
+}
+
+/// A swappable plugin and the version last shown as running.
+struct PluginEntry {
+    hot: Arc<HotPlugin>,
+    shown: Option<String>,
+}
+
+/// Totals over the whole pipeline, for the progress line.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Totals {
+    /// Messages the sources read.
+    pub read: u64,
+    /// Bytes the sources read.
+    pub read_bytes: u64,
+    /// Messages the sinks wrote (the dead letter excluded).
+    pub written: u64,
+    /// Messages dead-lettered, skipped or trapped on.
+    pub failed: u64,
 }
 
 impl Telemetry {
@@ -86,7 +139,8 @@ impl Telemetry {
     }
 
     pub(crate) fn stage(&self, context: Arc<StageContext>, stats: Arc<StageStats>) {
-        self.parts.lock().stages.push((context, stats));
+        let last = (Instant::now(), stats.busy_nanos.load(Ordering::Relaxed));
+        self.parts.lock().stages.push(StageEntry { context, stats, last });
     }
 
     pub(crate) fn sink(&self, name: &str, kind: &'static str, stats: Arc<SinkStats>) {
@@ -97,26 +151,65 @@ impl Telemetry {
         self.parts.lock().budget = Some(budget);
     }
 
+    /// Registers the stages' swappable plugins (version info and swaps).
+    pub fn plugins(&self, plugins: &[Arc<HotPlugin>]) {
+        let entries = plugins.iter().map(|hot| PluginEntry { hot: hot.clone(), shown: None });
+        self.parts.lock().plugins.extend(entries);
+    }
+
+    /// Sums of the registered counters, without a recorder.
+    pub fn totals(&self) -> Totals {
+        let parts = self.parts.lock();
+        let load = |v: &AtomicU64| v.load(Ordering::Relaxed);
+        let mut totals = Totals::default();
+        for (_, stats) in &parts.sources {
+            totals.read += load(&stats.events);
+            totals.read_bytes += load(&stats.bytes);
+        }
+        for (_, kind, stats) in &parts.sinks {
+            if *kind == "sink" {
+                totals.written += load(&stats.written);
+            }
+        }
+        for entry in &parts.stages {
+            totals.failed += load(&entry.stats.dead_lettered) + load(&entry.stats.skipped);
+        }
+        totals
+    }
+
     /// Copies the current totals into the recorder and renders the text
     /// exposition format.
     pub fn render(&self, handle: &PrometheusHandle) -> String {
         use metrics::{counter, gauge};
-        let parts = self.parts.lock();
+        let mut parts = self.parts.lock();
         for (name, stats) in &parts.sources {
             let labels = [("component", name.clone()), ("kind", "source".to_string())];
             counter!("weir_component_received_events_total", &labels).absolute(stats.events.load(Ordering::Relaxed));
             counter!("weir_component_received_bytes_total", &labels).absolute(stats.bytes.load(Ordering::Relaxed));
         }
-        for (context, stats) in &parts.stages {
+        let now = Instant::now();
+        for StageEntry { context, stats, last } in &mut parts.stages {
             let name = context.name.to_string();
             let labels = [("component", name.clone()), ("kind", "stage".to_string())];
             let load = |v: &std::sync::atomic::AtomicU64| v.load(Ordering::Relaxed);
+            counter!("weir_component_received_events_total", &labels).absolute(load(&stats.dispatched));
             counter!("weir_component_processed_events_total", &labels).absolute(load(&stats.processed));
             counter!("weir_component_dead_lettered_events_total", &labels).absolute(load(&stats.dead_lettered));
             counter!("weir_component_skipped_events_total", &labels).absolute(load(&stats.skipped));
             counter!("weir_component_retried_events_total", &labels).absolute(load(&stats.retries));
             let trap = [("component", name.clone()), ("kind", "stage".to_string()), ("error_type", "trap".to_string())];
             counter!("weir_component_errors_total", &trap).absolute(load(&stats.traps));
+            counter!("weir_component_filtered_events_total", &labels).absolute(load(&stats.filtered));
+            for kind in TrapKind::ALL {
+                let labels = [("component", name.clone()), ("reason", kind.label().to_string())];
+                counter!("weir_component_traps_total", &labels).absolute(load(&stats.trap_kinds[kind.index()]));
+            }
+            gauge!("weir_component_instances", &labels).set(load(&stats.instances) as f64);
+            gauge!("weir_component_in_flight_events", &labels).set(stats.in_flight() as f64);
+            let busy = load(&stats.busy_nanos);
+            counter!("weir_component_busy_milliseconds_total", &labels).absolute(busy / 1_000_000);
+            gauge!("weir_component_utilization", &labels).set(utilization(*last, (now, busy), load(&stats.workers)));
+            *last = (now, busy);
             for (counter_name, value) in context.counters.snapshot() {
                 let labels = [("component", name.clone()), ("name", counter_name)];
                 counter!("weir_plugin_counter_total", &labels).absolute(value);
@@ -130,12 +223,40 @@ impl Telemetry {
                 [("component", name.clone()), ("kind", kind.to_string()), ("error_type", "write_failed".to_string())];
             counter!("weir_component_errors_total", &failed).absolute(stats.failed_writes.load(Ordering::Relaxed));
         }
+        for PluginEntry { hot, shown } in &mut parts.plugins {
+            let name = hot.stage().to_string();
+            let status = hot.status();
+            let version = hot.current().version().short();
+            if shown.as_ref().is_some_and(|old| *old != version) {
+                let old = [("component", name.clone()), ("version", shown.take().unwrap_or_default())];
+                gauge!("weir_plugin_info", &old).set(0.0);
+            }
+            gauge!("weir_plugin_info", "component" => name.clone(), "version" => version.clone()).set(1.0);
+            *shown = Some(version);
+            counter!("weir_plugin_swaps_total", "component" => name.clone()).absolute(status.swaps);
+            counter!("weir_plugin_swaps_refused_total", "component" => name).absolute(status.refused);
+        }
         if let Some(budget) = &parts.budget {
             gauge!("weir_in_flight_bytes").set(budget.in_use() as f64);
         }
         drop(parts);
+        gauge!("weir_uptime_seconds").set(self.started.elapsed().as_secs_f64());
         handle.render()
     }
+}
+
+/// Share of `workers`' time spent busy between two (time, busy ns) samples.
+fn utilization(before: (Instant, u64), after: (Instant, u64), workers: u64) -> f64 {
+    let wall = after.0.duration_since(before.0).as_nanos() as f64 * workers.max(1) as f64;
+    if wall <= 0.0 {
+        return 0.0;
+    }
+    (after.1.saturating_sub(before.1) as f64 / wall).clamp(0.0, 1.0)
+}
+
+/// The histogram of one stage's batch sizes (a no-op without a recorder).
+pub(crate) fn batch_histogram(stage: &str) -> metrics::Histogram {
+    metrics::histogram!("weir_component_batch_size", "component" => stage.to_string())
 }
 
 /// The histogram of one stage's plugin calls (a no-op without a recorder).

@@ -538,6 +538,113 @@ impl Admin {
     }
 }
 
+/// A detached tmux session running one command in a real terminal of a
+/// known size; killed on drop. Fails the test, saying how to install it,
+/// when tmux is missing (`.ci/run` installs it).
+pub struct Tmux {
+    session: String,
+}
+
+impl Tmux {
+    /// Starts `command` (run by the shell) in a `width` x `height` terminal.
+    /// When it exits the pane shows `[exit CODE]` and stays, so its last
+    /// words can be read.
+    pub fn start(command: &str, width: u16, height: u16) -> Tmux {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let session = format!("weir-test-{}-{n}", std::process::id());
+        let status = Command::new("tmux")
+            .args(["new-session", "-d", "-s", &session, "-x", &width.to_string(), "-y", &height.to_string()])
+            .args(["-e", "TERM=xterm-256color", &format!("{command}; echo \"[exit $?]\"; sleep 3600")])
+            .status()
+            .unwrap_or_else(|e| panic!("tmux is needed for terminal tests and cannot run ({e}): apt-get install tmux"));
+        assert!(status.success(), "tmux new-session failed: {status}");
+        Tmux { session }
+    }
+
+    fn tmux(&self, args: &[&str]) -> bool {
+        Command::new("tmux").args(args).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+    }
+
+    /// The visible text of the pane.
+    pub fn capture(&self) -> String {
+        let output = Command::new("tmux").args(["capture-pane", "-p", "-t", &self.session]).output().expect("tmux");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// Types `keys` (tmux key names, e.g. `q`).
+    pub fn send_keys(&self, keys: &str) {
+        assert!(self.tmux(&["send-keys", "-t", &self.session, keys]), "tmux send-keys");
+    }
+
+    /// The command's exit code, once it has exited.
+    pub fn exit_code(&self) -> Option<i32> {
+        let screen = self.capture();
+        let line = screen.lines().find_map(|l| l.trim().strip_prefix("[exit "))?;
+        line.trim_end_matches(']').parse().ok()
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        self.tmux(&["kill-session", "-t", &self.session]);
+    }
+}
+
+/// One scrape of `GET /metrics`, read with a real Prometheus text parser.
+pub struct Metrics {
+    pub scrape: prometheus_parse::Scrape,
+    /// The text as served, for failure messages.
+    pub text: String,
+}
+
+impl Metrics {
+    /// Scrapes the admin listener on `port` (no token needed).
+    pub fn scrape(port: u16) -> Metrics {
+        let reply = Admin::anonymous(port).request_get("/metrics", b"");
+        assert_eq!(reply.status, 200, "/metrics: {reply:?}");
+        let text = reply.body.as_str().expect("/metrics is text").to_string();
+        let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
+            .unwrap_or_else(|e| panic!("/metrics does not parse: {e}\n{text}"));
+        Metrics { scrape, text }
+    }
+
+    /// The value of the counter, gauge or untyped sample `metric` whose
+    /// labels include `labels`; `None` if there is none.
+    pub fn get(&self, metric: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        use prometheus_parse::Value;
+        self.scrape.samples.iter().filter(|s| s.metric == metric).find_map(|s| {
+            if !labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)) {
+                return None;
+            }
+            match s.value {
+                Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => Some(v),
+                _ => None,
+            }
+        })
+    }
+
+    /// Like [`Metrics::get`], failing the test with the whole text when the
+    /// sample is missing.
+    pub fn value(&self, metric: &str, labels: &[(&str, &str)]) -> f64 {
+        self.get(metric, labels).unwrap_or_else(|| panic!("no {metric}{labels:?} in:\n{}", self.text))
+    }
+
+    /// A histogram's sample count (its `+Inf` bucket) for `labels`.
+    pub fn histogram_count(&self, metric: &str, labels: &[(&str, &str)]) -> f64 {
+        use prometheus_parse::Value;
+        self.scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == metric && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .find_map(|s| match &s.value {
+                Value::Histogram(buckets) => buckets.iter().find(|b| b.less_than.is_infinite()).map(|b| b.count),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("no histogram {metric}{labels:?} in:\n{}", self.text))
+    }
+}
+
 /// `component` with a custom section `name` of `len` bytes appended: the
 /// same plugin under another content hash (another version), as large as
 /// wanted (custom sections are not compiled).

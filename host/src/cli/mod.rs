@@ -5,10 +5,12 @@
 mod build;
 mod check;
 mod new;
+mod progress;
 mod relay;
 mod run;
 mod state;
 mod test;
+mod top;
 
 use std::path::PathBuf;
 
@@ -50,6 +52,14 @@ enum Command {
     Dev {
         /// The pipeline file (TOML).
         file: PathBuf,
+    },
+    /// A live view of a running pipeline: per source, stage and sink, the
+    /// messages in and out per second, totals, errors and lag, read from the
+    /// admin API's /metrics once a second. `q` quits.
+    Top {
+        /// The admin listener (`[admin] listen`).
+        #[arg(default_value = crate::admin::DEFAULT_LISTEN, value_name = "ADDR")]
+        addr: String,
     },
     /// Check a plugin: the world it implements, its exports and imports.
     Check {
@@ -131,6 +141,7 @@ pub fn main() -> i32 {
     match cli.command {
         Command::Run { file } => run::run(&file, false),
         Command::Dev { file } => run::run(&file, true),
+        Command::Top { addr } => top::top(&addr),
         Command::Check { plugin } => check::check(&plugin),
         Command::Build { dir, abi, aot } => build::build(&dir, abi.into(), aot),
         Command::New { name, lang } => new::new(&name, lang),
@@ -177,6 +188,11 @@ fn report_error(message: impl std::fmt::Display) {
     } else {
         eprintln!("error: {message}");
     }
+}
+
+/// Whether log lines are JSON (no progress line then: a log shipper reads stderr).
+fn json_logs() -> bool {
+    LOG_FORMAT.get() == Some(&LogFormat::Json)
 }
 
 /// The log format chosen at start, for [`report_error`].

@@ -76,15 +76,17 @@ pub(super) fn run_config(config: &PipelineConfig, file: Option<&Path>, dev: bool
             return EXIT_RUNTIME;
         }
     };
-    // `GET /metrics` lives on the admin listener: without one, no recorder.
+    // The registry only holds handles to counters the engine keeps anyway:
+    // the progress line and `GET /metrics` read it. `/metrics` lives on the
+    // admin listener: without one, no recorder.
+    let telemetry = crate::telemetry::Telemetry::new();
+    telemetry.plugins(&pipeline.hot_plugins());
+    let pipeline = pipeline.with_telemetry(telemetry.clone());
     let metrics = admin
         .as_ref()
         .and_then(|_| crate::telemetry::install())
-        .map(|handle| crate::admin::Metrics { telemetry: crate::telemetry::Telemetry::new(), handle });
-    let pipeline = match &metrics {
-        Some(m) => pipeline.with_telemetry(m.telemetry.clone()),
-        None => pipeline,
-    };
+        .map(|handle| crate::admin::Metrics { telemetry: telemetry.clone(), handle });
+    let progress = super::progress::wanted(super::json_logs());
     let report = tokio.block_on(async {
         let shutdown = CancellationToken::new();
         tokio::spawn(watch_signals(shutdown.clone(), config.shutdown.drain_timeout()));
@@ -119,7 +121,9 @@ pub(super) fn run_config(config: &PipelineConfig, file: Option<&Path>, dev: bool
                 Err(e) => report_error(format!("stage `{}`: cannot watch its plugin: {e:#}", plugin.stage())),
             }
         }
+        let progress = progress.then(|| super::progress::Progress::start(telemetry.clone()));
         let report = pipeline.run(shutdown).await;
+        drop(progress);
         drop(watches);
         report
     });

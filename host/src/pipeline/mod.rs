@@ -314,7 +314,7 @@ impl Pipeline {
             if let Some(t) = &telemetry {
                 t.stage(prepared.context.clone(), stats.clone());
             }
-            let counter = Arc::new(AtomicU64::new(0));
+            let counter = stats.dispatched.clone();
             dispatched.push(counter.clone());
             states.push(prepared.context.state.clone());
             let sequencer = prepared.ordered.then(|| {
@@ -338,6 +338,7 @@ impl Pipeline {
                 sequencer,
                 stats,
                 call_seconds: crate::telemetry::call_histogram(&prepared.context.name),
+                batch_sizes: crate::telemetry::batch_histogram(&prepared.context.name),
             });
             let mut instance_senders = Vec::new();
             let mut trial = Some(prepared.trial);

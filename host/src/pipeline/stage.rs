@@ -20,7 +20,7 @@ use crate::flow::batch::Batch;
 use crate::flow::control::Control;
 use crate::flow::dead_letter::DeadLetter;
 use crate::message::{Message, Outcome, Output};
-use crate::plugin::{InstanceError, StageContext, World};
+use crate::plugin::{InstanceError, StageContext, TrapKind, World};
 
 /// What a stage does with a message that failed or trapped.
 #[derive(Debug, Clone, Copy)]
@@ -60,6 +60,28 @@ pub struct StageStats {
     pub traps: AtomicU64,
     /// Retry attempts.
     pub retries: AtomicU64,
+    /// Messages the plugin emitted nothing for (filtered out).
+    pub filtered: AtomicU64,
+    /// Messages handed to this stage's workers.
+    pub dispatched: Arc<AtomicU64>,
+    /// Traps by [`TrapKind`], indexed by [`TrapKind::index`].
+    pub trap_kinds: [AtomicU64; 4],
+    /// Plugin instances (or native runners) alive now.
+    pub instances: AtomicU64,
+    /// Worker threads alive now (the stage's `concurrency` while it runs).
+    pub workers: AtomicU64,
+    /// Time workers spent processing batches, in nanoseconds.
+    pub busy_nanos: AtomicU64,
+}
+
+impl StageStats {
+    /// Messages dispatched to this stage and not yet resolved: processed,
+    /// filtered out, dead-lettered or skipped.
+    pub fn in_flight(&self) -> u64 {
+        let load = |v: &AtomicU64| v.load(Ordering::Relaxed);
+        let resolved = load(&self.processed) + load(&self.dead_lettered) + load(&self.skipped);
+        load(&self.dispatched).saturating_sub(resolved)
+    }
 }
 
 /// A unit of work for one instance.
@@ -93,6 +115,8 @@ pub struct Stage {
     pub stats: Arc<StageStats>,
     /// Duration of each plugin call (`weir_plugin_call_seconds`).
     pub call_seconds: metrics::Histogram,
+    /// Messages per batch (`weir_component_batch_size`).
+    pub batch_sizes: metrics::Histogram,
 }
 
 /// Time one batch may spend in calls that trap, in CPU deadlines, before
@@ -125,7 +149,18 @@ impl Worker {
         version: Option<Arc<crate::plugin::Plugin>>,
         instance: Option<Runner>,
     ) -> Self {
+        stage.stats.workers.fetch_add(1, Ordering::Relaxed);
+        if instance.is_some() {
+            stage.stats.instances.fetch_add(1, Ordering::Relaxed);
+        }
         Worker { stage, version, instance, batch_trap_time: Duration::ZERO }
+    }
+
+    /// Drops the instance (if any), keeping the instance gauge right.
+    fn drop_instance(&mut self) {
+        if self.instance.take().is_some() {
+            self.stage.stats.instances.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
     /// Between batches: moves to the published plugin version, if it changed.
@@ -134,7 +169,7 @@ impl Worker {
         let Some(current) = self.stage.logic.version() else { return };
         if self.version.as_ref().is_none_or(|v| !Arc::ptr_eq(v, &current)) {
             self.version = Some(current);
-            self.instance = None;
+            self.drop_instance();
         }
     }
 
@@ -147,10 +182,14 @@ impl Worker {
             }
             self.follow_swaps();
             let seq = work.seq;
+            // Per batch: one histogram sample and one clock pair.
+            self.stage.batch_sizes.record(work.batch.messages.len() as f64);
+            let started = Instant::now();
             let outputs = match self.stage.logic.world() {
                 World::Processor => self.process(work),
                 World::Aggregator => self.aggregate(work),
             };
+            self.stage.stats.busy_nanos.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
             match outputs {
                 Ok(outputs) => self.deliver(seq, outputs),
                 Err(Fatal(reason)) => self.stage.control.halt(format!("stage `{}`: {reason}", self.stage.context.name)),
@@ -175,6 +214,7 @@ impl Worker {
                 .start(self.version.as_deref(), self.stage.context.clone())
                 .map_err(|e| Fatal(format!("cannot start a fresh plugin instance: {e}")))?;
             self.instance = Some(instance);
+            self.stage.stats.instances.fetch_add(1, Ordering::Relaxed);
         }
         Ok(self.instance.as_mut().expect("just set"))
     }
@@ -190,6 +230,7 @@ impl Worker {
         let mut outputs = Outputs::default();
         let mut failures = Failures::default();
         let mut processed = 0;
+        let mut filtered = 0;
         for ((message, token), outcome) in messages.into_iter().zip(tokens).zip(resolved) {
             let outs = match outcome {
                 Outcome::Keep => {
@@ -211,7 +252,10 @@ impl Worker {
             };
             processed += 1;
             match outs.len() {
-                0 => token.done(1),
+                0 => {
+                    filtered += 1;
+                    token.done(1)
+                }
                 n => token.add(n - 1),
             }
             for output in outs {
@@ -221,6 +265,7 @@ impl Worker {
             }
         }
         self.stage.stats.processed.fetch_add(processed, Ordering::Relaxed);
+        self.stage.stats.filtered.fetch_add(filtered, Ordering::Relaxed);
         self.apply_policy(failures)?;
         Ok(outputs)
     }
@@ -277,8 +322,9 @@ impl Worker {
 
     fn discard_instance(&mut self, reason: &str, batch: usize) {
         self.stage.stats.traps.fetch_add(1, Ordering::Relaxed);
+        self.stage.stats.trap_kinds[TrapKind::of(reason).index()].fetch_add(1, Ordering::Relaxed);
         tracing::warn!(stage = &*self.stage.context.name, batch, "instance trapped, replacing it: {reason}");
-        self.instance = None;
+        self.drop_instance();
     }
 
     /// `retry`: runs the failed messages again, with exponential backoff.
@@ -383,6 +429,13 @@ impl Worker {
         }
         self.apply_policy(failures)?;
         Ok(Outputs::default())
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.drop_instance();
+        self.stage.stats.workers.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -88,6 +88,59 @@ impl InstanceState {
     }
 }
 
+/// Why an instance trapped, for `weir_component_traps_total{reason}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrapKind {
+    /// The guest panicked.
+    Panic,
+    /// The call ran past the stage's CPU deadline.
+    Deadline,
+    /// The instance tried to grow past its memory cap.
+    Memory,
+    /// Any other trap (stack overflow, out-of-bounds access, ...).
+    Other,
+}
+
+impl TrapKind {
+    /// Every kind, in the order of [`TrapKind::index`].
+    pub const ALL: [TrapKind; 4] = [TrapKind::Panic, TrapKind::Deadline, TrapKind::Memory, TrapKind::Other];
+
+    /// The kind of a trap from its reason, as made by this module. Read from
+    /// the text so `InstanceError::Trap` stays one string for every caller;
+    /// the prefixes are the ones written below in `trap_reason`.
+    pub fn of(reason: &str) -> TrapKind {
+        if reason.starts_with(PANICKED) {
+            TrapKind::Panic
+        } else if reason.starts_with(DEADLINE) {
+            TrapKind::Deadline
+        } else if reason.starts_with(MEMORY_CAP) {
+            TrapKind::Memory
+        } else {
+            TrapKind::Other
+        }
+    }
+
+    /// The `reason` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            TrapKind::Panic => "panic",
+            TrapKind::Deadline => "deadline",
+            TrapKind::Memory => "memory",
+            TrapKind::Other => "other",
+        }
+    }
+
+    /// Position in [`TrapKind::ALL`] (an index into per-kind counters).
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// How trap reasons start, per [`TrapKind`].
+const PANICKED: &str = "plugin panicked";
+const DEADLINE: &str = "deadline exceeded";
+const MEMORY_CAP: &str = "memory cap exceeded";
+
 /// Caps linear memory and remembers that the cap was hit, so the trap can be
 /// reported as what it is.
 struct MemoryCap {
@@ -417,16 +470,16 @@ fn trap_reason(
     let said = if tail.is_empty() { String::new() } else { format!(": {tail}") };
     let reason = if store.data().memory.hit {
         format!(
-            "memory cap exceeded: the instance tried to grow past {} MiB (raise the stage's `limits.memory_mb`; \
+            "{MEMORY_CAP}: the instance tried to grow past {} MiB (raise the stage's `limits.memory_mb`; \
              Python and JavaScript plugins need about 16 MiB to start)",
             limits.memory_bytes >> 20
         )
     } else {
         match error.downcast_ref::<Trap>() {
             Some(Trap::Interrupt) => {
-                format!("deadline exceeded: the call ran longer than {} ms", limits.deadline.as_millis())
+                format!("{DEADLINE}: the call ran longer than {} ms", limits.deadline.as_millis())
             }
-            Some(Trap::UnreachableCodeReached) if !tail.is_empty() => format!("plugin panicked{said}"),
+            Some(Trap::UnreachableCodeReached) if !tail.is_empty() => format!("{PANICKED}{said}"),
             Some(Trap::StackOverflow) => format!("stack overflow{said}"),
             // The guest's own stack (locals whose address is taken, large
             // arrays) lives in linear memory: overflowing it ends as an

@@ -21,7 +21,7 @@ pub mod watch;
 
 pub use engine::Runtime;
 pub use inspect::{Encoding, World};
-pub use instance::{Instance, InstanceError, StageContext};
+pub use instance::{Instance, InstanceError, StageContext, TrapKind};
 pub use limits::Limits;
 pub use logging::LogRate;
 

@@ -43,6 +43,10 @@ struct History {
     previous: Option<Plugin>,
     last_swap: Option<SystemTime>,
     last_refused: Option<Refusal>,
+    /// Swaps (rollbacks included) since the stage started.
+    swaps: u64,
+    /// Versions refused since the stage started.
+    refused: u64,
     /// Every version this stage has run that may still be in memory (weak:
     /// this list keeps none of them alive); pruned on each swap.
     seen: Vec<Weak<PluginInner>>,
@@ -104,6 +108,10 @@ pub struct StageStatus {
     /// one (kept for rollback) and, briefly, any a worker is still finishing
     /// a batch on. Older versions are freed.
     pub live_versions: usize,
+    /// Swaps (rollbacks included) since the stage started.
+    pub swaps: u64,
+    /// Versions refused since the stage started.
+    pub refused: u64,
 }
 
 fn epoch_ms(t: SystemTime) -> u64 {
@@ -166,8 +174,9 @@ impl HotPlugin {
     /// Records a version that could not even be built.
     pub fn refuse(&self, version: Option<String>, reason: String) -> String {
         tracing::error!(stage = self.stage(), "new plugin version refused, the running one stays: {reason}");
-        self.history.lock().last_refused =
-            Some(Refusal { version, reason: reason.clone(), at_ms: epoch_ms(SystemTime::now()) });
+        let mut history = self.history.lock();
+        history.refused += 1;
+        history.last_refused = Some(Refusal { version, reason: reason.clone(), at_ms: epoch_ms(SystemTime::now()) });
         reason
     }
 
@@ -195,6 +204,7 @@ impl HotPlugin {
         // it: once no worker runs that one, its compiled code is freed.
         history.previous = Some((*old).clone());
         history.last_swap = Some(SystemTime::now());
+        history.swaps += 1;
         tracing::info!(
             stage = self.stage(),
             "plugin swapped {} → {} (prepared in {:.1?})",
@@ -217,6 +227,8 @@ impl HotPlugin {
             last_refused: history.last_refused.clone(),
             origin: self.origin.display().to_string(),
             live_versions: history.live(),
+            swaps: history.swaps,
+            refused: history.refused,
         }
     }
 }
