@@ -65,7 +65,16 @@ impl ComponentCache {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => tracing::warn!(path = %path.display(), "cannot read cache entry: {e}"),
         }
+        // The wait a user notices (seconds for a Python or JS component):
+        // say what it is, and that it happens once.
+        let step = super::progress::Step::start_logged(format!(
+            "compiling component {} ({:.1} MB) to native code, once: the cache makes the next start instant",
+            version.short(),
+            bytes.len() as f64 / 1e6,
+        ))
+        .ending(format!("compiled component {}", version.short()));
         let component = Component::new(engine, bytes)?;
+        step.done();
         if let Err(e) = store(&path, &component) {
             tracing::warn!(path = %path.display(), "cannot write compiled component to cache: {e:#}");
         }
