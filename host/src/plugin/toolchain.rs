@@ -106,8 +106,13 @@ pub fn componentize_py() -> Result<PathBuf> {
     }
     let venv = tools_dir()?.join(format!("componentize-py-{COMPONENTIZE_PY_VERSION}"));
     let in_venv = venv.join("bin/componentize-py");
-    if venv.join(".weir-installed").is_file() && in_venv.is_file() {
-        return Ok(in_venv);
+    let stamp = venv.join(".weir-installed");
+    if stamp.is_file() {
+        if in_venv.is_file() {
+            return Ok(in_venv);
+        }
+        // Half removed by hand: install it again.
+        let _ = std::fs::remove_file(&stamp);
     }
     // The pinned version on the PATH is as good (and what CI installs).
     let on_path = Command::new("componentize-py").arg("--version").output();
