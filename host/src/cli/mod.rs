@@ -36,6 +36,12 @@ struct Cli {
     #[arg(long, global = true, value_enum, env = "WEIR_LOG_FORMAT", default_value_t = LogFormat::Text)]
     log_format: LogFormat,
 
+    /// Never install a missing plugin toolchain (the wasm32-wasip2 target,
+    /// componentize-py, the JS toolchain): refuse with the command to run
+    /// instead. Also WEIR_NO_PROVISION=1.
+    #[arg(long, global = true)]
+    no_provision: bool,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -138,6 +144,7 @@ pub fn main() -> i32 {
         }
     };
     init_logging(cli.log.as_deref(), cli.log_format);
+    crate::plugin::toolchain::set_provisioning(!cli.no_provision);
     match cli.command {
         Command::Run { file } => run::run(&file, false),
         Command::Dev { file } => run::run(&file, true),

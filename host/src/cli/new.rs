@@ -2,9 +2,9 @@
 //! working processor, a test fixture and a pipeline file, so that
 //! `weir test`, `weir build` and `weir run` work on it the first time.
 //!
-//! The Rust template depends on this weir's `sdk/rust` by absolute path (the
-//! SDK folder is found as `weir build` finds it: `WEIR_SDK_DIR`, else the
-//! source tree the `weir` binary was built from).
+//! The Rust template depends on this weir's Rust SDK by absolute path: the
+//! copy embedded in the binary and unpacked to weir's cache (pinned to this
+//! version of weir), or `WEIR_SDK_DIR/rust` when that is set.
 
 use std::path::{Path, PathBuf};
 
@@ -84,7 +84,7 @@ fn plugin_name(path: &Path) -> Result<String, String> {
 
 /// The absolute path of the Rust SDK the template depends on.
 fn rust_sdk() -> Result<PathBuf, String> {
-    let sdk = sdk_dir().join("rust");
+    let sdk = sdk_dir().map_err(|e| format!("{e:#}"))?.join("rust");
     sdk.join("Cargo.toml").is_file().then(|| sdk.canonicalize().unwrap_or(sdk.clone())).ok_or_else(|| {
         format!("the weir Rust SDK is not at {} (set WEIR_SDK_DIR to the weir sdk/ folder)", sdk.display())
     })
@@ -170,8 +170,8 @@ publish = false
 crate-type = ["cdylib"]
 
 [dependencies]
-# The weir Rust SDK, by absolute path into the weir source tree that built
-# `weir` (`weir new` finds it from WEIR_SDK_DIR or the binary's build).
+# The weir Rust SDK, by absolute path: the copy `weir` unpacked into its
+# cache (pinned to that weir's version), or WEIR_SDK_DIR/rust.
 weir-sdk = {{ path = {sdk} }}
 serde = {{ version = "1", features = ["derive"] }}
 serde_json = "1"

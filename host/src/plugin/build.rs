@@ -15,6 +15,10 @@
 //!
 //! Python and JavaScript components land in `DIR/target/weir/NAME.wasm`; a
 //! build whose inputs (sources, SDK, WIT) did not change is skipped.
+//!
+//! The SDKs come from the binary (see [`super::sdk`]); a missing toolchain
+//! is installed into weir's cache (see [`super::toolchain`]); each step
+//! shows its progress (see [`super::progress`]).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -57,20 +61,13 @@ pub fn detect(dir: &Path) -> Result<Language> {
 /// The WASI target plugins are built for.
 pub const TARGET: &str = "wasm32-wasip2";
 
-/// componentize-py version the Python SDK is tested with (`pip install`).
-pub const COMPONENTIZE_PY_VERSION: &str = "0.25.1";
+use super::progress::Step;
+pub use super::sdk::sdk_dir;
+use super::toolchain;
+pub use super::toolchain::COMPONENTIZE_PY_VERSION;
 
 /// The WIT package, embedded so Python and JS builds work from anywhere.
 const WIT: &str = include_str!("../../../wit/processor.wit");
-
-/// The folder holding the guest SDKs (`rust/`, `python/`, `js/`): `WEIR_SDK_DIR`
-/// if set, else this source tree's `sdk/` (where the binary was built).
-pub fn sdk_dir() -> PathBuf {
-    match std::env::var_os("WEIR_SDK_DIR") {
-        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
-        _ => Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(|p| p.join("sdk")).unwrap_or_else(|| "sdk".into()),
-    }
-}
 
 /// Which form of the weir worlds an SDK plugin is built against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -147,7 +144,24 @@ fn build_rust(dir: &Path, abi: Abi) -> Result<PathBuf> {
 }
 
 /// One `cargo build` of a plugin crate; returns the component's path.
+/// A missing `wasm32-wasip2` target is installed (see [`toolchain`]) and
+/// the build tried once more.
 fn cargo_build(dir: &Path, abi: Abi) -> Result<PathBuf> {
+    match cargo_build_once(dir, abi)? {
+        Ok(wasm) => Ok(wasm),
+        Err(MissingTarget) => {
+            toolchain::rust_target(TARGET, dir)?;
+            cargo_build_once(dir, abi)?.map_err(|MissingTarget| {
+                anyhow::anyhow!("the {TARGET} target is still missing after `rustup target add {TARGET}`")
+            })
+        }
+    }
+}
+
+/// A cargo build that failed for want of the WASI target.
+struct MissingTarget;
+
+fn cargo_build_once(dir: &Path, abi: Abi) -> Result<std::result::Result<PathBuf, MissingTarget>> {
     let manifest = dir.join("Cargo.toml").canonicalize().with_context(|| format!("reading {}", dir.display()))?;
     let mut command = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     // DWARF is ~95% of a plugin and slows every compile; panics keep
@@ -164,16 +178,24 @@ fn cargo_build(dir: &Path, abi: Abi) -> Result<PathBuf> {
         _ => anyhow::anyhow!("cannot run cargo: {e}"),
     })?;
 
+    let step = std::sync::Arc::new(Step::start(format!(
+        "building {} with cargo ({TARGET}{})",
+        dir.display(),
+        if abi == Abi::Record { ", record world" } else { "" }
+    )));
     // Relay diagnostics while cargo runs; remember them to explain failures.
     let stderr = child.stderr.take().expect("piped stderr");
-    let relay = std::thread::spawn(move || {
-        let mut seen = String::new();
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            eprintln!("{line}");
-            seen.push_str(&line);
-            seen.push('\n');
+    let relay = std::thread::spawn({
+        let step = step.clone();
+        move || {
+            let mut seen = String::new();
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                step.println(&line);
+                seen.push_str(&line);
+                seen.push('\n');
+            }
+            seen
         }
-        seen
     });
 
     let mut wasm = None;
@@ -194,16 +216,20 @@ fn cargo_build(dir: &Path, abi: Abi) -> Result<PathBuf> {
                 || diagnostics.contains("can't find crate for `std`")
                 || diagnostics.contains("can't find crate for `core`"))
         {
-            bail!("the {TARGET} target is not installed: run `rustup target add {TARGET}`");
+            return Ok(Err(MissingTarget));
         }
         bail!("building {} failed (cargo exited with {status})", dir.display());
     }
-    wasm.with_context(|| {
+    let wasm = wasm.with_context(|| {
         format!(
             "cargo built {} but produced no .wasm: is it a library with `crate-type = [\"cdylib\"]`?",
             dir.display()
         )
-    })
+    })?;
+    if let Ok(step) = std::sync::Arc::try_unwrap(step) {
+        step.done();
+    }
+    Ok(Ok(wasm))
 }
 
 /// Where a Python or JS build puts its component and scratch files.
@@ -284,16 +310,20 @@ fn wit_dir(dir: &Path, out: &Path) -> Result<PathBuf> {
     Ok(wit)
 }
 
-/// Runs a build tool, relaying its output; names the install command when
-/// the tool is missing.
-fn run_tool(mut command: Command, tool: &str, install: &str) -> Result<()> {
-    // The tools' chatter goes to stderr: stdout is `weir build`'s answer.
-    let status = command.stdout(std::io::stderr()).stderr(Stdio::inherit()).status().map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => anyhow::anyhow!("{tool} not found: install it with `{install}`"),
-        _ => anyhow::anyhow!("cannot run {tool}: {e}"),
-    })?;
-    if !status.success() {
-        bail!("{tool} failed ({status})");
+/// Runs a build tool under a progress step; its output is shown when it
+/// fails (with the error) and otherwise only if it wrote to stderr.
+fn run_tool(mut command: Command, tool: &str, step: &Step) -> Result<()> {
+    // Captured: a tool writing to the terminal would tear the spinner, and
+    // stdout is `weir build`'s answer.
+    let output = command.stdin(Stdio::null()).output().map_err(|e| anyhow::anyhow!("cannot run {tool}: {e}"))?;
+    let said = |bytes: &[u8]| String::from_utf8_lossy(bytes).trim_end().to_string();
+    let (stdout, stderr) = (said(&output.stdout), said(&output.stderr));
+    if !output.status.success() {
+        let both: Vec<&str> = [stdout.as_str(), stderr.as_str()].into_iter().filter(|s| !s.is_empty()).collect();
+        bail!("{tool} failed ({}):\n{}", output.status, both.join("\n"));
+    }
+    if !stderr.is_empty() {
+        step.println(&stderr);
     }
     Ok(())
 }
@@ -338,7 +368,7 @@ fn build_python(dir: &Path, abi: Abi) -> Result<PathBuf> {
     // The SDK exports both worlds; a plugin written against the WIT by hand
     // pins the one it implements.
     let world = pinned.unwrap_or(abi.processor_world());
-    let sdk = sdk_dir().join("python");
+    let sdk = sdk_dir()?.join("python");
     if !sdk.join("weir_sdk").is_dir() {
         bail!("the weir Python SDK is not at {} (set WEIR_SDK_DIR to the weir sdk/ folder)", sdk.display());
     }
@@ -349,7 +379,7 @@ fn build_python(dir: &Path, abi: Abi) -> Result<PathBuf> {
         inputs_hash(&dir, &[sdk.join("weir_sdk")], &format!("python {module} {COMPONENTIZE_PY_VERSION} {world}"));
     cached(&wasm, &hash, || {
         let wit = wit_dir(&dir, &out)?;
-        let tool = std::env::var_os("WEIR_COMPONENTIZE_PY").unwrap_or_else(|| "componentize-py".into());
+        let tool = toolchain::componentize_py()?;
         let mut command = Command::new(tool);
         command
             .arg("-d")
@@ -361,9 +391,11 @@ fn build_python(dir: &Path, abi: Abi) -> Result<PathBuf> {
             .arg("-o")
             .arg(&wasm)
             .current_dir(&out);
-        eprintln!("building {} with componentize-py", dir.display());
-        let built =
-            run_tool(command, "componentize-py", &format!("pip install componentize-py=={COMPONENTIZE_PY_VERSION}"));
+        let step = Step::start(format!("building {} with componentize-py", dir.display()));
+        let built = run_tool(command, "componentize-py", &step);
+        if built.is_ok() {
+            step.done();
+        }
         match pinned {
             None => built.with_context(|| {
                 format!(
@@ -375,14 +407,6 @@ fn build_python(dir: &Path, abi: Abi) -> Result<PathBuf> {
             Some(_) => built,
         }
     })
-}
-
-/// A JS tool from the plugin's own `node_modules`, the SDK's, or the PATH.
-fn node_tool(dir: &Path, sdk: &Path, name: &str) -> PathBuf {
-    [dir.join("node_modules/.bin").join(name), sdk.join("node_modules/.bin").join(name)]
-        .into_iter()
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| PathBuf::from(name))
 }
 
 /// The entry module of a JS plugin (package.json's `main`, else `index.js`)
@@ -434,11 +458,10 @@ fn js_packed_entry(entry: &Path, sdk: &Path) -> String {
 fn build_js(dir: &Path, abi: Abi, aot: bool) -> Result<PathBuf> {
     let dir = dir.canonicalize().with_context(|| format!("reading {}", dir.display()))?;
     let (entry, pinned) = js_entry(&dir)?;
-    let sdk = sdk_dir().join("js");
+    let sdk = sdk_dir()?.join("js");
     if !sdk.join("weir.js").is_file() {
         bail!("the weir JavaScript SDK is not at {} (set WEIR_SDK_DIR to the weir sdk/ folder)", sdk.display());
     }
-    let install = format!("npm install --prefix {}", sdk.display());
     let out = out_dir(&dir);
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let aot_suffix = if aot { ".aot" } else { "" };
@@ -457,15 +480,9 @@ fn build_js(dir: &Path, abi: Abi, aot: bool) -> Result<PathBuf> {
         };
         let node = Command::new("node").arg("--version").output();
         if node.is_err() {
-            bail!("node not found: install Node.js 20 or later (e.g. `apt-get install nodejs npm`), then `{install}`");
+            bail!("node not found: install Node.js 20 or later (e.g. `apt-get install nodejs npm`)");
         }
-        let componentize = node_tool(&dir, &sdk, "componentize-js");
-        let rolldown = node_tool(&dir, &sdk, "rolldown");
-        for tool in [&componentize, &rolldown] {
-            if !tool.is_absolute() && which(tool).is_none() {
-                bail!("{} not found: install it with `{install}`", tool.display());
-            }
-        }
+        let toolchain::JsTools { componentize, rolldown } = toolchain::js_tools(&dir, &sdk)?;
         // A plugin pinned to a world, or built for the record world, is
         // bundled as it is; otherwise behind the generated packed entry.
         let (input, world) = match (pinned, abi) {
@@ -495,8 +512,9 @@ fn build_js(dir: &Path, abi: Abi, aot: bool) -> Result<PathBuf> {
         .with_context(|| format!("writing {}", config.display()))?;
         let mut command = Command::new(&rolldown);
         command.arg("-c").arg(&config).current_dir(&out);
-        eprintln!("bundling {} with rolldown", entry.display());
-        run_tool(command, "rolldown", &install)?;
+        let step = Step::start(format!("bundling {} with rolldown", entry.display()));
+        run_tool(command, "rolldown", &step)?;
+        step.done();
 
         let mut command = Command::new(&componentize);
         command
@@ -509,8 +527,11 @@ fn build_js(dir: &Path, abi: Abi, aot: bool) -> Result<PathBuf> {
         if let Some(weval) = &weval {
             command.arg("--aot").arg("--weval-bin").arg(weval);
         }
-        eprintln!("building {} with componentize-js{}", dir.display(), if aot { " --aot" } else { "" });
-        run_tool(command, "componentize-js", &install)
+        let step =
+            Step::start(format!("building {} with componentize-js{}", dir.display(), if aot { " --aot" } else { "" }));
+        run_tool(command, "componentize-js", &step)?;
+        step.done();
+        Ok(())
     })
 }
 

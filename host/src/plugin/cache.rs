@@ -26,6 +26,10 @@ use super::VersionId;
 const MAGIC: &[u8; 8] = b"weircc01";
 const HEADER_LEN: usize = MAGIC.len() + blake3::OUT_LEN;
 
+/// Components at least this large get a progress line while they compile
+/// (Python ~19 MB, JS ~12 MB; Rust plugins are well under).
+const ANNOUNCED_COMPILE_BYTES: usize = 4 << 20;
+
 /// The on-disk cache of compiled components.
 pub(crate) struct ComponentCache {
     dir: Option<PathBuf>,
@@ -65,7 +69,21 @@ impl ComponentCache {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => tracing::warn!(path = %path.display(), "cannot read cache entry: {e}"),
         }
+        // The wait a user notices (a Python or JS component takes seconds to
+        // tens of seconds): say what it is, and that it happens once. A
+        // small component compiles in about a second, unannounced.
+        let step = (bytes.len() >= ANNOUNCED_COMPILE_BYTES).then(|| {
+            super::progress::Step::start_logged(format!(
+                "compiling component {} ({:.1} MB) to native code, once: the cache makes the next start instant",
+                version.short(),
+                bytes.len() as f64 / 1e6,
+            ))
+            .ending(format!("compiled component {}", version.short()))
+        });
         let component = Component::new(engine, bytes)?;
+        if let Some(step) = step {
+            step.done();
+        }
         if let Err(e) = store(&path, &component) {
             tracing::warn!(path = %path.display(), "cannot write compiled component to cache: {e:#}");
         }

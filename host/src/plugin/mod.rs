@@ -15,8 +15,11 @@ pub mod inspect;
 mod instance;
 mod limits;
 mod logging;
+pub mod progress;
+pub mod sdk;
 pub mod state;
 pub mod swap;
+pub mod toolchain;
 pub mod watch;
 
 pub use engine::Runtime;

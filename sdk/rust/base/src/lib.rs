@@ -8,7 +8,7 @@
 
 mod bindings {
     wit_bindgen::generate!({
-        path: "../../../wit",
+        path: "wit",
         world: "weir:processor/imports",
         generate_all,
     });

@@ -5,7 +5,7 @@
 
 mod bindings {
     wit_bindgen::generate!({
-        path: "../../../wit",
+        path: "wit",
         world: "weir:processor/processor-packed",
         with: {
             "weir:processor/types@0.1.0": weir_sdk_base::types,
