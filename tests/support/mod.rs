@@ -538,9 +538,27 @@ impl Admin {
     }
 }
 
+/// Makes sure tmux is there for the terminal tests, installing Debian's
+/// package when it is missing and this runs as root (saying so); otherwise
+/// the test fails with the command to run.
+fn tmux_installed() {
+    static TMUX: OnceLock<()> = OnceLock::new();
+    TMUX.get_or_init(|| {
+        if Command::new("tmux").arg("-V").output().is_ok() {
+            return;
+        }
+        let root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+        assert!(root, "tmux is needed for the terminal tests: install it (apt-get install tmux)");
+        provision(
+            "tmux (Debian package)",
+            Command::new("sh").args(["-c", "apt-get update && apt-get install -y tmux"]),
+        );
+    });
+}
+
 /// A detached tmux session running one command in a real terminal of a
-/// known size; killed on drop. Fails the test, saying how to install it,
-/// when tmux is missing (`.ci/run` installs it).
+/// known size; killed on drop. tmux is installed first when missing (see
+/// [`tmux_installed`]).
 pub struct Tmux {
     session: String,
 }
@@ -553,6 +571,7 @@ impl Tmux {
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let session = format!("weir-test-{}-{n}", std::process::id());
+        tmux_installed();
         let status = Command::new("tmux")
             .args(["new-session", "-d", "-s", &session, "-x", &width.to_string(), "-y", &height.to_string()])
             .args(["-e", "TERM=xterm-256color", &format!("{command}; echo \"[exit $?]\"; sleep 3600")])
