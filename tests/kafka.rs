@@ -637,7 +637,11 @@ fn second_process_joins_then_first_leaves_without_loss() {
     broker.create_topic("scale-out", PARTITIONS);
     let base = now_ms() - 3_600_000;
     let scratch = Scratch::new();
-    let file = scratch.write("pipeline.toml", &pipeline(&broker, "scale-in", "scale-out", "scale"));
+    let text = pipeline(&broker, "scale-in", "scale-out", "scale");
+    let file = scratch.write("pipeline.toml", &text);
+    // The second process on this host needs its own state folder: the state
+    // store is locked by the process that runs it.
+    let second_file = scratch.write("pipeline-2.toml", &format!("{text}\n[state]\ndir = \".weir/state-2\"\n"));
     let mut all = Vec::new();
     let mut produce = |ids: std::ops::Range<u64>| {
         let mut chunk = inputs(ids, 300, base);
@@ -650,7 +654,7 @@ fn second_process_joins_then_first_leaves_without_loss() {
     let mut first = Weir::start(&file);
     assert!(wait_until(Duration::from_secs(300), || out_total() >= 5_000), "no progress; log:\n{}", first.log());
     produce(20_000..40_000);
-    let mut second = Weir::start(&file);
+    let mut second = Weir::start(&second_file);
     let joined = wait_until(Duration::from_secs(120), || {
         second
             .log()
