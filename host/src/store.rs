@@ -89,7 +89,17 @@ impl StateStore {
             return Err(folder("is not a folder".into()));
         }
         let file = dir.join(FILE_NAME);
-        let db = Database::create(&file).map_err(|e| match e {
+        // A pipeline that just ended (in this process, or a process that is
+        // exiting) may still hold the lock for a moment: wait up to 2 s.
+        let mut opened = Database::create(&file);
+        for _ in 0..20 {
+            if !matches!(opened, Err(redb::DatabaseError::DatabaseAlreadyOpen)) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            opened = Database::create(&file);
+        }
+        let db = opened.map_err(|e| match e {
             redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse { file: file.clone() },
             redb::DatabaseError::Storage(redb::StorageError::Io(io)) if !file.exists() => {
                 folder(format!("cannot write in it: {io}"))
