@@ -10,6 +10,11 @@
 //!
 //! Names follow the usual pipeline conventions: `weir_` prefix, one series
 //! per `component` (source, stage or sink name) and `kind`.
+//!
+//! Two kinds of series are sampled rather than counted: the batches waiting
+//! in each stage's and sink's input channel, read at scrape time, and the
+//! broker sources' lag, which each connector polls from its broker on a
+//! timer of its own (`connectors::lag`) once [`install`] turned it on.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -49,6 +54,8 @@ pub fn install() -> Option<PrometheusHandle> {
             let handle = recorder.handle();
             metrics::set_global_recorder(recorder).ok()?;
             describe();
+            // Broker sources poll their lag only when it is served.
+            crate::connectors::lag::enable();
             Some(handle)
         })
         .clone()
@@ -79,6 +86,14 @@ fn describe() {
     describe_gauge!("weir_plugin_info", "1 for the plugin version a stage runs, 0 for versions it ran before.");
     describe_counter!("weir_plugin_swaps_total", "Hot swaps (and rollbacks) of a stage's plugin.");
     describe_counter!("weir_plugin_swaps_refused_total", "Plugin versions refused by a stage.");
+    describe_gauge!(
+        "weir_source_lag_events",
+        "Messages of a source partition its group has not consumed (Kafka: high watermark less the committed \
+         offset; Redis: the group's lag)."
+    );
+    describe_gauge!("weir_source_pending_events", "Entries delivered to a Redis source's group, not yet acknowledged.");
+    describe_gauge!("weir_source_committed_offset", "The offset a Kafka source's group committed, per partition.");
+    describe_gauge!("weir_component_buffered_batches", "Batches waiting in the channel in front of a stage or sink.");
 }
 
 /// What a running pipeline registers for `/metrics`.

@@ -69,6 +69,7 @@ impl Source for RedisSource {
             finish.clone(),
             ctx.name().to_string(),
         ));
+        let lag = super::lag::spawn(client.clone(), spec.clone(), ctx.name());
         tracing::info!(
             source = ctx.name(),
             "reading {} on {} as consumer `{}` of group `{}`",
@@ -83,6 +84,7 @@ impl Source for RedisSource {
         // acknowledger send the last XACKs and stop.
         tracker.wait_idle().await;
         finish.cancel();
+        lag.stop().await;
         acker.await.context("the acknowledger task failed")?;
         result
     }
