@@ -22,7 +22,9 @@ use std::time::Instant;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use parking_lot::Mutex;
+use tokio::sync::mpsc::{self, WeakSender};
 
+use crate::flow::batch::Batch;
 use crate::flow::budget::InFlightBudget;
 use crate::pipeline::sink::SinkStats;
 use crate::pipeline::stage::StageStats;
@@ -115,6 +117,9 @@ struct Parts {
     sinks: Vec<(String, &'static str, Arc<SinkStats>)>,
     budget: Option<InFlightBudget>,
     plugins: Vec<PluginEntry>,
+    /// The channel in front of each stage and sink, with its name and kind.
+    /// Weak: a scrape must not keep a channel open.
+    channels: Vec<(String, &'static str, WeakSender<Batch>)>,
 }
 
 /// A stage and its busy time at the previous scrape (for utilization).
@@ -160,6 +165,12 @@ impl Telemetry {
 
     pub(crate) fn sink(&self, name: &str, kind: &'static str, stats: Arc<SinkStats>) {
         self.parts.lock().sinks.push((name.to_string(), kind, stats));
+    }
+
+    /// Registers the channel in front of stage or sink `name`, whose
+    /// waiting batches a scrape counts.
+    pub(crate) fn channel(&self, name: &str, kind: &'static str, sender: &mpsc::Sender<Batch>) {
+        self.parts.lock().channels.push((name.to_string(), kind, sender.downgrade()));
     }
 
     pub(crate) fn budget(&self, budget: InFlightBudget) {
@@ -250,6 +261,12 @@ impl Telemetry {
             *shown = Some(version);
             counter!("weir_plugin_swaps_total", "component" => name.clone()).absolute(status.swaps);
             counter!("weir_plugin_swaps_refused_total", "component" => name).absolute(status.refused);
+        }
+        for (name, kind, sender) in &parts.channels {
+            // A channel whose senders are all gone is draining or done.
+            let waiting = sender.upgrade().map_or(0, |tx| tx.max_capacity() - tx.capacity());
+            let labels = [("component", name.clone()), ("kind", kind.to_string())];
+            gauge!("weir_component_buffered_batches", &labels).set(waiting as f64);
         }
         if let Some(budget) = &parts.budget {
             gauge!("weir_in_flight_bytes").set(budget.in_use() as f64);
