@@ -146,6 +146,9 @@ pub struct Totals {
     pub written: u64,
     /// Messages dead-lettered, skipped or trapped on.
     pub failed: u64,
+    /// Bytes read of the sources' input and its size, when every source
+    /// knows the size of its input (files).
+    pub input: Option<(u64, u64)>,
 }
 
 impl Telemetry {
@@ -188,10 +191,14 @@ impl Telemetry {
         let parts = self.parts.lock();
         let load = |v: &AtomicU64| v.load(Ordering::Relaxed);
         let mut totals = Totals::default();
+        let mut input = Some((0, 0));
         for (_, stats) in &parts.sources {
             totals.read += load(&stats.events);
             totals.read_bytes += load(&stats.bytes);
+            let size = load(&stats.input_size);
+            input = input.filter(|_| size > 0).map(|(read, total)| (read + load(&stats.input_read), total + size));
         }
+        totals.input = input.filter(|(_, size)| *size > 0);
         for (_, kind, stats) in &parts.sinks {
             if *kind == "sink" {
                 totals.written += load(&stats.written);
