@@ -27,6 +27,11 @@ pub fn enable() {
     ENABLED.store(true, Ordering::Relaxed);
 }
 
+/// Whether lag polling is on.
+pub(crate) fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
+
 /// A source's lag poller; stopped (and waited for) with [`Poller::stop`],
 /// cancelled when dropped.
 pub(crate) struct Poller {
@@ -46,10 +51,10 @@ impl Poller {
         F: FnMut(CancellationToken) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send,
     {
-        let stop = CancellationToken::new();
-        if !ENABLED.load(Ordering::Relaxed) {
-            return Poller { stop, task: None };
+        if !enabled() {
+            return Poller::idle();
         }
+        let stop = CancellationToken::new();
         let task = tokio::spawn({
             let stop = stop.clone();
             async move {
@@ -64,6 +69,11 @@ impl Poller {
             }
         });
         Poller { stop, task: Some(task) }
+    }
+
+    /// A poller that polls nothing.
+    pub(crate) fn idle() -> Poller {
+        Poller { stop: CancellationToken::new(), task: None }
     }
 
     /// Stops polling and waits for a round under way to end.

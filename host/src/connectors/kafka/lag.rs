@@ -6,17 +6,21 @@
 //! librdkafka's look-ups block (a broker round trip each), so a round runs
 //! on the blocking pool every [`INTERVAL`], never on the async workers and
 //! never per message. A round asks the group coordinator once for the
-//! committed offsets and each partition's leader for its watermarks.
+//! committed offsets and each partition's leader for its watermarks, on a
+//! client of its own: on the source's, a look-up waits behind the broker's
+//! long-polled fetches (up to `fetch.wait.max.ms`, 500 ms, each). The
+//! source's consumer only says which partitions are assigned and where it
+//! read to.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
-use super::Start;
-use crate::connectors::lag::{Gauges, Poller, Reading};
+use super::{KafkaSourceSpec, Start};
+use crate::connectors::lag::{self, Gauges, Poller, Reading};
 
 /// Time between two rounds of look-ups.
 const INTERVAL: Duration = Duration::from_secs(2);
@@ -28,17 +32,32 @@ const TIMEOUT: Duration = Duration::from_secs(2);
 /// `source`. Stop it before the consumer is closed: a round holds it.
 pub(super) fn spawn<C: ConsumerContext + 'static>(
     consumer: Arc<StreamConsumer<C>>,
-    start: Start,
+    spec: &KafkaSourceSpec,
     source: &str,
 ) -> Poller {
+    if !lag::enabled() {
+        return Poller::idle();
+    }
+    // Same brokers, credentials and group; it never subscribes, so it never
+    // joins the group.
+    let lookups: BaseConsumer = match spec.client_config().create() {
+        Ok(client) => client,
+        Err(e) => {
+            tracing::warn!(source, "cannot create the Kafka client for lag look-ups ({e}): no lag is reported");
+            return Poller::idle();
+        }
+    };
+    let lookups = Arc::new(Lookups(Some(lookups)));
+    let start = spec.start;
     let gauges = Arc::new(parking_lot::Mutex::new(Gauges::new(source)));
     let source = source.to_string();
     Poller::start(INTERVAL, move |stop| {
-        let (consumer, gauges, source) = (consumer.clone(), gauges.clone(), source.clone());
+        let (consumer, lookups, gauges, source) = (consumer.clone(), lookups.clone(), gauges.clone(), source.clone());
         async move {
             let round = tokio::task::spawn_blocking(move || {
-                let readings = read(&*consumer, &start, &stop);
-                if let Some(readings) = readings {
+                // Serves the client's events (errors), which would pile up.
+                let _ = lookups.poll(Duration::ZERO);
+                if let Some(readings) = read(&*consumer, &lookups, &start, &stop) {
                     gauges.lock().publish(&readings);
                 }
             });
@@ -49,15 +68,41 @@ pub(super) fn spawn<C: ConsumerContext + 'static>(
     })
 }
 
+/// The look-up client, closed off the async workers when the poller ends
+/// (closing a librdkafka client waits for its threads).
+struct Lookups(Option<BaseConsumer>);
+
+impl std::ops::Deref for Lookups {
+    type Target = BaseConsumer;
+
+    fn deref(&self) -> &BaseConsumer {
+        self.0.as_ref().expect("present until dropped")
+    }
+}
+
+impl Drop for Lookups {
+    fn drop(&mut self) {
+        let client = self.0.take();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn_blocking(move || drop(client));
+        }
+    }
+}
+
 /// One round of look-ups: a reading per assigned partition, or `None` when
 /// the committed offsets cannot be read (broker away) or the round was
 /// stopped. A partition whose watermarks cannot be read is left out.
-fn read<C: ConsumerContext, K: Consumer<C>>(consumer: &K, start: &Start, stop: &CancellationToken) -> Option<Vec<Reading>> {
+fn read<C: ConsumerContext, K: Consumer<C>>(
+    consumer: &K,
+    lookups: &BaseConsumer,
+    start: &Start,
+    stop: &CancellationToken,
+) -> Option<Vec<Reading>> {
     let assignment = consumer.assignment().ok()?;
     if assignment.count() == 0 {
         return Some(Vec::new());
     }
-    let committed = consumer.committed_offsets(assignment.clone(), TIMEOUT).ok()?;
+    let committed = lookups.committed_offsets(assignment.clone(), TIMEOUT).ok()?;
     let position = consumer.position().unwrap_or_else(|_| TopicPartitionList::new());
     let offset = |list: &TopicPartitionList, topic: &str, partition: i32| match list
         .find_partition(topic, partition)
@@ -72,7 +117,7 @@ fn read<C: ConsumerContext, K: Consumer<C>>(consumer: &K, start: &Start, stop: &
             return None;
         }
         let (topic, partition) = (element.topic(), element.partition());
-        let Ok((low, high)) = consumer.fetch_watermarks(topic, partition, TIMEOUT) else { continue };
+        let Ok((low, high)) = lookups.fetch_watermarks(topic, partition, TIMEOUT) else { continue };
         let done = offset(&committed, topic, partition);
         // Before the first commit: what was read, else where reading starts.
         let from = done.or_else(|| offset(&position, topic, partition)).or(match start {

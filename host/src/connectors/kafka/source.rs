@@ -478,7 +478,7 @@ impl Source for KafkaSource {
         );
         let topics: Vec<&str> = spec.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics).context("subscribing")?;
-        let lag = super::lag::spawn(consumer.clone(), spec.start, ctx.name());
+        let lag = super::lag::spawn(consumer.clone(), &spec, ctx.name());
         tracing::info!(source = ctx.name(), group = %spec.group, topics = %spec.topics.join(","), "Kafka source started");
 
         let mut tick = tokio::time::interval(spec.commit_interval);
