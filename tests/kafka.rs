@@ -27,7 +27,7 @@ use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{DefaultProducerContext, DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::{Message as _, Offset, TopicPartitionList};
-use support::{Scratch, free_port, nisshi, plugin, wait_until};
+use support::{Metrics, Scratch, free_port, nisshi, plugin, wait_until};
 use tokio_util::sync::CancellationToken;
 
 const PARTITIONS: i32 = 6;
@@ -831,4 +831,98 @@ fn relay_with_kafka_on_either_side() {
     let expected: Vec<(String, String, u64)> =
         (0..5_000).map(|i| (format!("k{}", i % 50), format!("v{i}"), i)).collect();
     assert_eq!(out, expected, "the file must hold every message once");
+}
+
+/// `/metrics` while a slow sink holds the group back: per partition, lag =
+/// high watermark - committed offset rises above 0 and accounts for what
+/// the sink has not written; once everything is committed, lag is exactly
+/// 0 on every partition and the committed-offset gauges are the broker's
+/// end offsets.
+#[test]
+fn lag_rises_while_the_sink_is_slow_then_returns_to_zero() {
+    let broker = Broker::start();
+    broker.create_topic("lag-in", PARTITIONS);
+    let mut input = inputs(0..12_000, 60, now_ms());
+    broker.produce("lag-in", &mut input);
+    let end = broker.end("lag-in");
+    let total: i64 = end.iter().sum();
+    let admin = free_port();
+    let scratch = Scratch::new();
+    // At most 100 messages per 100 ms: over ten seconds of backlog.
+    let text = format!(
+        r#"
+        [[source]]
+        name = "in"
+        uri = "kafka://{addr}/lag-in?group=lag&commit_interval_ms=200"
+        batch_size = 100
+
+        [[sink]]
+        name = "out"
+        uri = "null://?delay_ms=100"
+        batch = {{ max_size = 100, max_wait_ms = 0 }}
+
+        [admin]
+        listen = "127.0.0.1:{admin}"
+        "#,
+        addr = broker.addr
+    );
+    let file = scratch.write("pipeline.toml", &text);
+    let mut weir = Weir::start(&file);
+    let source = [("component", "in"), ("kind", "source")];
+    let partition = |p: i32| format!("lag-in/{p}");
+    let per_partition = |m: &Metrics, metric: &str| -> Vec<Option<f64>> {
+        (0..PARTITIONS)
+            .map(|p| m.get(metric, &[("component", "in"), ("kind", "source"), ("partition", &partition(p))]))
+            .collect()
+    };
+
+    // Behind: every partition has a lag series, and where the group has
+    // committed, lag = end - committed (else the position read, or the
+    // start of the partition, stands in for the commit).
+    let mut behind = None;
+    let mut last = String::new();
+    let seen = wait_until(Duration::from_secs(120), || {
+        let Some(m) = Metrics::try_scrape(admin) else { return false };
+        last = m.text.lines().filter(|l| l.contains("weir_source_")).collect::<Vec<_>>().join("\n");
+        let complete = per_partition(&m, "weir_source_lag_events").iter().all(Option::is_some);
+        let committed = per_partition(&m, "weir_source_committed_offset").iter().any(Option::is_some);
+        let ok = complete && committed && m.sum("weir_source_lag_events", &source) > 0.0;
+        if ok {
+            behind = Some(m);
+        }
+        ok
+    });
+    assert!(seen, "no lag on all {PARTITIONS} partitions while the sink was slow:\n{last}\nlog:\n{}", weir.log());
+    let m = behind.unwrap();
+    assert_eq!(m.all("weir_source_lag_events", &source).len(), PARTITIONS as usize, "{}", m.text);
+    let lags: Vec<f64> = per_partition(&m, "weir_source_lag_events").into_iter().map(Option::unwrap).collect();
+    let committed = per_partition(&m, "weir_source_committed_offset");
+    for p in 0..PARTITIONS as usize {
+        match committed[p] {
+            Some(c) => assert_eq!(lags[p], end[p] as f64 - c, "partition {p}:\n{}", m.text),
+            None => assert!(lags[p] <= end[p] as f64, "partition {p}:\n{}", m.text),
+        }
+    }
+    let written = m.value("weir_component_sent_events_total", &[("component", "out"), ("kind", "sink")]);
+    let lag: f64 = lags.iter().sum();
+    eprintln!(
+        "{}: while the sink was slow: lag {lags:?}, committed {committed:?}, {written} of {total} written",
+        broker.name()
+    );
+    assert!(lag > 0.0 && lag <= total as f64, "lag {lag} of {total}");
+    assert!(written < total as f64, "still behind: {written} of {total} written");
+
+    // Caught up: the broker says so, then the gauges say exactly so.
+    wait_committed(&broker, "lag", "lag-in", || weir.log(), Duration::from_secs(300));
+    let mut last = String::new();
+    let caught_up = wait_until(Duration::from_secs(30), || {
+        let m = Metrics::scrape(admin);
+        let zero = per_partition(&m, "weir_source_lag_events").iter().all(|v| *v == Some(0.0));
+        let at_end =
+            per_partition(&m, "weir_source_committed_offset").iter().zip(&end).all(|(c, e)| *c == Some(*e as f64));
+        last = m.text;
+        zero && at_end
+    });
+    assert!(caught_up, "lag did not return to 0 with the end offsets {end:?} committed:\n{last}");
+    weir.stop();
 }

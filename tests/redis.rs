@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis::{Commands, Value};
-use support::{Scratch, plugin, redis_server, run_weir, text, wait_until, weir};
+use support::{Metrics, Scratch, free_port, plugin, redis_server, run_weir, text, wait_until, weir};
 
 const SHARED: &str = "127.0.0.1:6379";
 const LONG: Duration = Duration::from_secs(180);
@@ -573,6 +573,85 @@ fn entries_left_by_a_dead_consumer_are_claimed() {
     let mut seqs: Vec<u64> = written.iter().map(|(_, f)| seq_of(f)).collect();
     seqs.sort_unstable();
     assert_eq!(seqs, (0..N).collect::<Vec<_>>());
+}
+
+/// `/metrics` while a slow sink holds the group back: the stream's lag
+/// (entries not yet delivered to the group) and pending count (delivered,
+/// not yet acknowledged) rise above 0 and account for what the sink has not
+/// written; once it caught up both are exactly 0, and so is the sink's
+/// channel.
+#[test]
+fn lag_and_pending_rise_while_the_sink_is_slow_then_return_to_zero() {
+    const N: u64 = 3_000;
+    let scratch = Scratch::new();
+    let mut keys = Keys::new(SHARED);
+    let (input, group) = (keys.add("lag-in"), unique("lag-group"));
+    let mut conn = connect(SHARED);
+    xadd_all(&mut conn, &input, &(0..N).map(entry).collect::<Vec<_>>());
+    let admin = free_port();
+    // 50 entries per 100 ms: about six seconds of backlog.
+    let text = format!(
+        r#"
+        [[source]]
+        name = "in"
+        uri = "redis://{SHARED}/{input}"
+        group = "{group}"
+        batch_size = 50
+
+        [[sink]]
+        name = "out"
+        uri = "null://?delay_ms=100"
+        batch = {{ max_size = 50, max_wait_ms = 0 }}
+
+        [admin]
+        listen = "127.0.0.1:{admin}"
+        "#
+    );
+    let pipeline = scratch.write("p.toml", &text);
+    let mut weir = Weir::run(&pipeline, &scratch, "lag");
+    let source = [("component", "in"), ("kind", "source"), ("partition", input.as_str())];
+    let sink = [("component", "out"), ("kind", "sink")];
+
+    // While the sink is slow: entries wait undelivered and in flight.
+    let mut slow = None;
+    weir.wait_for("lag and pending above 0", || {
+        let m = Metrics::try_scrape(admin);
+        let seen = m.as_ref().is_some_and(|m| {
+            m.get("weir_source_lag_events", &source).is_some_and(|v| v > 0.0)
+                && m.get("weir_source_pending_events", &source).is_some_and(|v| v > 0.0)
+        });
+        if seen {
+            slow = m;
+        }
+        seen
+    });
+    let m = slow.unwrap();
+    let (lag, pending) = (m.value("weir_source_lag_events", &source), m.value("weir_source_pending_events", &source));
+    let written = m.value("weir_component_sent_events_total", &sink);
+    eprintln!("while the sink was slow: lag {lag}, pending {pending}, {written} of {N} written");
+    // lag + pending = N - acknowledged at the poll, and nothing is
+    // acknowledged before it is written (by this scrape).
+    assert!(lag + pending <= N as f64 && lag + pending >= N as f64 - written, "{lag} + {pending}, {written} written");
+    assert!(written < N as f64, "still behind: {written}");
+    assert!(m.value("weir_component_buffered_batches", &sink) > 0.0, "the sink's channel is full:\n{}", m.text);
+    // The dashboard's lag panel queries series a Redis source serves.
+    for name in support::dashboard_series().iter().filter(|name| name.starts_with("weir_source_")) {
+        assert!(m.serves(name), "{name}:\n{}", m.text);
+    }
+
+    // Caught up: Redis says so, then the gauges say exactly 0.
+    weir.wait_for("every entry acknowledged", || consumed(&mut conn, &input, &group));
+    let mut last = String::new();
+    let zero = wait_until(Duration::from_secs(30), || {
+        let m = Metrics::scrape(admin);
+        let zero = m.value("weir_source_lag_events", &source) == 0.0
+            && m.value("weir_source_pending_events", &source) == 0.0
+            && m.value("weir_component_buffered_batches", &sink) == 0.0;
+        last = m.text;
+        zero
+    });
+    assert!(zero, "the gauges did not return to 0:\n{last}");
+    weir.stop();
 }
 
 /// `weir relay`: file → Redis, then Redis → stdout.

@@ -100,3 +100,42 @@ fn a_bounded_run_shows_a_progress_line_on_a_terminal_only() {
     assert_eq!(output.status.code(), Some(0), "{stderr}");
     assert!(!stderr.contains("msg/s") && !stderr.contains('\r'), "no progress in a pipe: {stderr}");
 }
+
+#[test]
+fn the_progress_line_shows_the_share_of_an_input_file_read() {
+    let scratch = Scratch::new();
+    // 20,000 lines of ~100 bytes (2 MB, eight of the reader's 256 KiB
+    // buffers) through a sink that writes 256 lines per 50 ms: about four
+    // seconds.
+    let lines: String = (0..20_000).map(|i| format!("{{\"value\":\"{i:0>80}\"}}\n")).collect();
+    let input = scratch.write("in.ndjson", &lines);
+    let file = scratch.write(
+        "pipeline.toml",
+        &format!(
+            "[[source]]\nname = \"orders\"\nuri = {}\n\n\
+             [[sink]]\nname = \"slow\"\nuri = \"null://?delay_ms=50\"\nbatch = {{ max_size = 256, max_wait_ms = 0 }}\n",
+            support::toml_file_uri(&input)
+        ),
+    );
+    let command = format!("{} run {}", env!("CARGO_BIN_EXE_weir"), file.display());
+    let run = Tmux::start(&format!("env -u CI {command}"), 120, 10);
+    let mut screen = String::new();
+    let mut shares = Vec::new();
+    let done = wait_until(Duration::from_secs(60), || {
+        screen = run.capture();
+        // `read 12,400 (37%) · written …`
+        let share = screen.lines().find(|l| l.contains("msg/s")).and_then(|l| {
+            let (_, rest) = l.split_once(" (")?;
+            rest.split_once("%)")?.0.parse::<u64>().ok()
+        });
+        shares.extend(share);
+        run.exit_code().is_some()
+    });
+    assert!(done, "the run ends:\n{screen}");
+    assert_eq!(run.exit_code(), Some(0), "{screen}");
+    shares.dedup();
+    eprintln!("shares of the input shown: {shares:?}");
+    assert!(shares.windows(2).all(|w| w[0] <= w[1]), "the share only grows: {shares:?}");
+    assert!(shares.iter().any(|&s| s < 100), "a share below 100% while reading: {shares:?}");
+    assert!(shares.iter().all(|&s| s <= 100), "{shares:?}");
+}

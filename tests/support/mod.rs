@@ -628,6 +628,13 @@ impl Metrics {
         Metrics { scrape, text }
     }
 
+    /// [`Metrics::scrape`], or `None` while nothing answers on `port` (the
+    /// listener is not up yet).
+    pub fn try_scrape(port: u16) -> Option<Metrics> {
+        Admin::anonymous(port).get("/health")?;
+        Some(Metrics::scrape(port))
+    }
+
     /// The value of the counter, gauge or untyped sample `metric` whose
     /// labels include `labels`; `None` if there is none.
     pub fn get(&self, metric: &str, labels: &[(&str, &str)]) -> Option<f64> {
@@ -649,6 +656,31 @@ impl Metrics {
         self.get(metric, labels).unwrap_or_else(|| panic!("no {metric}{labels:?} in:\n{}", self.text))
     }
 
+    /// Every counter, gauge or untyped sample `metric` whose labels include
+    /// `labels`, with all its labels (e.g. one per partition).
+    pub fn all(&self, metric: &str, labels: &[(&str, &str)]) -> Vec<(&prometheus_parse::Labels, f64)> {
+        use prometheus_parse::Value;
+        self.scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == metric && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .filter_map(|s| match s.value {
+                Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => Some((&s.labels, v)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The sum of [`Metrics::all`]'s values (0 when there is none).
+    pub fn sum(&self, metric: &str, labels: &[(&str, &str)]) -> f64 {
+        self.all(metric, labels).iter().map(|(_, v)| v).sum()
+    }
+
+    /// Whether the text has a series named `name` (any labels).
+    pub fn serves(&self, name: &str) -> bool {
+        self.text.contains(&format!("\n{name}{{")) || self.text.contains(&format!("\n{name} "))
+    }
+
     /// A histogram's sample count (its `+Inf` bucket) for `labels`.
     pub fn histogram_count(&self, metric: &str, labels: &[(&str, &str)]) -> f64 {
         use prometheus_parse::Value;
@@ -662,6 +694,22 @@ impl Metrics {
             })
             .unwrap_or_else(|| panic!("no histogram {metric}{labels:?} in:\n{}", self.text))
     }
+}
+
+/// The `weir_…` series the Grafana dashboard (`docs/grafana-dashboard.json`)
+/// queries, once per query that names them.
+pub fn dashboard_series() -> Vec<String> {
+    let dashboard = std::fs::read_to_string(workspace().join("docs/grafana-dashboard.json")).unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(&dashboard).expect("the dashboard is JSON");
+    let mut names = Vec::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().expect("targets") {
+            let expr = target["expr"].as_str().expect("expr");
+            let words = expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'));
+            names.extend(words.filter(|w| w.starts_with("weir_")).map(str::to_string));
+        }
+    }
+    names
 }
 
 /// `component` with a custom section `name` of `len` bytes appended: the
