@@ -337,13 +337,18 @@ mod tests {
             weir_component_dead_lettered_events_total{component=\"f\",kind=\"stage\"} 2\n\
             weir_plugin_info{component=\"f\",version=\"abc\"} 1\n\
             weir_plugin_info{component=\"f\",version=\"old\"} 0\n\
-            weir_component_sent_events_total{component=\"out\",kind=\"sink\"} 5\n";
+            weir_component_sent_events_total{component=\"out\",kind=\"sink\"} 5\n\
+            weir_source_lag_events{component=\"in\",kind=\"source\",partition=\"t/0\"} 7\n\
+            weir_source_lag_events{component=\"in\",kind=\"source\",partition=\"t/1\"} 5\n\
+            weir_source_committed_offset{component=\"in\",kind=\"source\",partition=\"t/0\"} 900\n";
         let scrape = Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
         let rows = rows(&scrape);
         let stage = &rows[&(Kind::Stage, "f".to_string())];
         assert_eq!((stage.input, stage.output, stage.dead), (10.0, 5.0, 2.0));
         assert_eq!(stage.version.as_deref(), Some("abc"));
         assert_eq!(rows[&(Kind::Source, "in".to_string())].input, 10.0);
+        // Lag is summed over the source's partitions; offsets are not lag.
+        assert_eq!(rows[&(Kind::Source, "in".to_string())].lag, Some(12.0));
         assert_eq!(rows[&(Kind::Sink, "out".to_string())].output, 5.0);
     }
 }
