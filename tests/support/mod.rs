@@ -380,6 +380,21 @@ impl Running {
         assert!(status.success(), "kill {signal} failed");
     }
 
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().expect("waiting for weir").is_none()
+    }
+
+    /// SIGKILL (no chance to drain or save anything); returns stderr.
+    pub fn kill9(mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+        self.stderr()
+    }
+
     /// Waits for the exit (killing it and failing after `limit`): the exit
     /// code, the whole stderr and how long the wait took.
     pub fn wait(mut self, limit: Duration) -> (Option<i32>, String, Duration) {
