@@ -423,16 +423,28 @@ checkpoint_interval_ms = 20
         let log = running.kill9();
         resumed += usize::from(log.contains("resuming"));
         kills += 1;
+        if kills == 1 {
+            // The position is recorded with the state, as `line byte`.
+            let list = run_weir(&["state", "list", file], RUN_LIMIT);
+            assert_success(&list);
+            let listed = text(&list).0;
+            assert!(listed.contains("source in\tcheckpoint position "), "{listed}");
+        }
     }
     assert!(kills >= 2, "the file was read to its end before two kills ({kills}): make it longer");
     assert!(resumed >= kills, "every run after a kill resumes ({resumed} of {kills})");
     assert_eq!(saved_counts(&pipeline, "count"), expected(1), "exact counts after {kills} kill -9 restarts");
 
     // The last run read the file to its end: the next one reads it whole.
+    let listed = text(&run_weir(&["state", "list", file], RUN_LIMIT)).0;
+    assert!(!listed.contains("checkpoint position"), "a file read to its end keeps no position: {listed}");
     let again = run_weir(&["run", file], RUN_LIMIT);
     assert_success(&again);
     assert!(!text(&again).1.contains("resuming"), "{:?}", text(&again));
     assert_eq!(saved_counts(&pipeline, "count"), expected(2));
+    let reset = run_weir(&["state", "reset", file, "--positions"], RUN_LIMIT);
+    assert_success(&reset);
+    assert!(text(&reset).0.starts_with("forgot 0 recorded source positions"), "{:?}", text(&reset));
 }
 
 fn base64_of(bytes: &[u8]) -> String {

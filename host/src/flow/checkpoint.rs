@@ -199,3 +199,71 @@ impl Checkpoints {
 fn take_all(trackers: &[Arc<dyn Holding>]) -> Vec<Box<dyn Taken>> {
     trackers.iter().map(|t| t.take()).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+
+    use super::*;
+    use crate::flow::ack::AckTracker;
+    use crate::plugin::state::{PipelineState, StageState};
+    use crate::store::StateStore;
+
+    fn encoder() -> Encoder<u64> {
+        Box::new(|partition, positions| Some((partition.to_string(), Some(positions.last()?.to_string().into_bytes()))))
+    }
+
+    #[tokio::test]
+    async fn positions_reach_the_source_only_with_the_state_that_covers_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(StateStore::open(dir.path()).unwrap());
+        let state = Arc::new(StageState::open(store.clone(), "count", 1 << 20).unwrap());
+        let durable = PipelineState::new(store.clone(), vec![state.clone()]);
+        let checkpoints = Checkpoints::new(HashMap::new());
+        let halted = Arc::new(AtomicBool::new(false));
+        let (tracker, mut released) = AckTracker::checkpointed(halted, &checkpoints, "in".into(), encoder());
+
+        let token = tracker.register(0, 10, 1);
+        state.set(b"k".to_vec(), b"1".to_vec()).unwrap();
+        token.done(1);
+        assert!(released.try_recv().is_err(), "held until a checkpoint");
+        assert_eq!(tracker.outstanding(), 1, "a held position is still outstanding for its source");
+
+        checkpoints.checkpoint(&durable).await;
+        assert_eq!(released.try_recv().unwrap(), (0, 10));
+        assert_eq!(tracker.outstanding(), 0);
+        assert_eq!(store.positions("in").unwrap(), [("0".to_string(), b"10".to_vec())]);
+        assert_eq!(store.load("count").unwrap()[b"k".as_slice()], b"1");
+
+        // No state change: the position is recorded without closing the gate.
+        let token = tracker.register(0, 20, 1);
+        token.done(1);
+        checkpoints.checkpoint(&durable).await;
+        assert_eq!(released.try_recv().unwrap(), (0, 20));
+        assert_eq!(store.positions("in").unwrap(), [("0".to_string(), b"20".to_vec())]);
+    }
+
+    #[tokio::test]
+    async fn a_checkpoint_waits_for_batches_in_flight_while_state_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(StateStore::open(dir.path()).unwrap());
+        let state = Arc::new(StageState::open(store.clone(), "count", 1 << 20).unwrap());
+        let durable = Arc::new(PipelineState::new(store.clone(), vec![state.clone()]));
+        let checkpoints = Checkpoints::new(HashMap::new());
+        let (tracker, mut released) =
+            AckTracker::checkpointed(Arc::new(AtomicBool::new(false)), &checkpoints, "in".into(), encoder());
+        let token = tracker.register(0, 5, 1);
+        state.set(b"k".to_vec(), b"1".to_vec()).unwrap();
+        let running = tokio::spawn({
+            let (checkpoints, durable) = (checkpoints.clone(), durable.clone());
+            async move { checkpoints.checkpoint(durable.as_ref()).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!running.is_finished(), "the batch in flight may still change state");
+        assert!(store.load("count").unwrap().is_empty());
+        token.done(1);
+        tokio::time::timeout(Duration::from_secs(10), running).await.unwrap().unwrap();
+        assert_eq!(released.try_recv().unwrap(), (0, 5));
+        assert_eq!(store.positions("in").unwrap(), [("0".to_string(), b"5".to_vec())]);
+    }
+}
