@@ -10,6 +10,11 @@
 //!
 //! Names follow the usual pipeline conventions: `weir_` prefix, one series
 //! per `component` (source, stage or sink name) and `kind`.
+//!
+//! Two kinds of series are sampled rather than counted: the batches waiting
+//! in each stage's and sink's input channel, read at scrape time, and the
+//! broker sources' lag, which each connector polls from its broker on a
+//! timer of its own (`connectors::lag`) once [`install`] turned it on.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -17,7 +22,9 @@ use std::time::Instant;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use parking_lot::Mutex;
+use tokio::sync::mpsc::{self, WeakSender};
 
+use crate::flow::batch::Batch;
 use crate::flow::budget::InFlightBudget;
 use crate::pipeline::sink::SinkStats;
 use crate::pipeline::stage::StageStats;
@@ -49,6 +56,8 @@ pub fn install() -> Option<PrometheusHandle> {
             let handle = recorder.handle();
             metrics::set_global_recorder(recorder).ok()?;
             describe();
+            // Broker sources poll their lag only when it is served.
+            crate::connectors::lag::enable();
             Some(handle)
         })
         .clone()
@@ -79,6 +88,14 @@ fn describe() {
     describe_gauge!("weir_plugin_info", "1 for the plugin version a stage runs, 0 for versions it ran before.");
     describe_counter!("weir_plugin_swaps_total", "Hot swaps (and rollbacks) of a stage's plugin.");
     describe_counter!("weir_plugin_swaps_refused_total", "Plugin versions refused by a stage.");
+    describe_gauge!(
+        "weir_source_lag_events",
+        "Messages of a source partition its group has not consumed (Kafka: high watermark less the committed \
+         offset; Redis: the group's lag)."
+    );
+    describe_gauge!("weir_source_pending_events", "Entries delivered to a Redis source's group, not yet acknowledged.");
+    describe_gauge!("weir_source_committed_offset", "The offset a Kafka source's group committed, per partition.");
+    describe_gauge!("weir_component_buffered_batches", "Batches waiting in the channel in front of a stage or sink.");
 }
 
 /// What a running pipeline registers for `/metrics`.
@@ -100,6 +117,9 @@ struct Parts {
     sinks: Vec<(String, &'static str, Arc<SinkStats>)>,
     budget: Option<InFlightBudget>,
     plugins: Vec<PluginEntry>,
+    /// The channel in front of each stage and sink, with its name and kind.
+    /// Weak: a scrape must not keep a channel open.
+    channels: Vec<(String, &'static str, WeakSender<Batch>)>,
 }
 
 /// A stage and its busy time at the previous scrape (for utilization).
@@ -126,6 +146,9 @@ pub struct Totals {
     pub written: u64,
     /// Messages dead-lettered, skipped or trapped on.
     pub failed: u64,
+    /// Bytes read of the sources' input and its size, when every source
+    /// knows the size of its input (files).
+    pub input: Option<(u64, u64)>,
 }
 
 impl Telemetry {
@@ -147,6 +170,12 @@ impl Telemetry {
         self.parts.lock().sinks.push((name.to_string(), kind, stats));
     }
 
+    /// Registers the channel in front of stage or sink `name`, whose
+    /// waiting batches a scrape counts.
+    pub(crate) fn channel(&self, name: &str, kind: &'static str, sender: &mpsc::Sender<Batch>) {
+        self.parts.lock().channels.push((name.to_string(), kind, sender.downgrade()));
+    }
+
     pub(crate) fn budget(&self, budget: InFlightBudget) {
         self.parts.lock().budget = Some(budget);
     }
@@ -162,10 +191,14 @@ impl Telemetry {
         let parts = self.parts.lock();
         let load = |v: &AtomicU64| v.load(Ordering::Relaxed);
         let mut totals = Totals::default();
+        let mut input = Some((0, 0));
         for (_, stats) in &parts.sources {
             totals.read += load(&stats.events);
             totals.read_bytes += load(&stats.bytes);
+            let size = load(&stats.input_size);
+            input = input.filter(|_| size > 0).map(|(read, total)| (read + load(&stats.input_read), total + size));
         }
+        totals.input = input.filter(|(_, size)| *size > 0);
         for (_, kind, stats) in &parts.sinks {
             if *kind == "sink" {
                 totals.written += load(&stats.written);
@@ -235,6 +268,12 @@ impl Telemetry {
             *shown = Some(version);
             counter!("weir_plugin_swaps_total", "component" => name.clone()).absolute(status.swaps);
             counter!("weir_plugin_swaps_refused_total", "component" => name).absolute(status.refused);
+        }
+        for (name, kind, sender) in &parts.channels {
+            // A channel whose senders are all gone is draining or done.
+            let waiting = sender.upgrade().map_or(0, |tx| tx.max_capacity() - tx.capacity());
+            let labels = [("component", name.clone()), ("kind", kind.to_string())];
+            gauge!("weir_component_buffered_batches", &labels).set(waiting as f64);
         }
         if let Some(budget) = &parts.budget {
             gauge!("weir_in_flight_bytes").set(budget.in_use() as f64);

@@ -1,6 +1,7 @@
 //! The live status line of `weir run` on a terminal: messages read and
-//! written, the rate and the elapsed time, redrawn in place a few times a
-//! second. Only when stderr is a terminal (not in pipes, files or CI logs).
+//! written (with the share of the input read, when the sources are files),
+//! the rate and the elapsed time, redrawn in place a few times a second.
+//! Only when stderr is a terminal (not in pipes, files or CI logs).
 //!
 //! It reads the pipeline's counters through [`Telemetry::totals`], so it adds
 //! no work on the data path.
@@ -72,8 +73,12 @@ impl Drop for Progress {
 fn line(totals: &Totals, rate: f64, elapsed: Duration) -> String {
     let secs = elapsed.as_secs();
     let failed = if totals.failed > 0 { format!(" · failed {}", grouped(totals.failed)) } else { String::new() };
+    let share = match totals.input {
+        Some((read, size)) => format!(" ({}%)", (read.min(size) * 100 / size)),
+        None => String::new(),
+    };
     format!(
-        "read {} · written {}{failed} · {} msg/s · {:02}:{:02}:{:02}",
+        "read {}{share} · written {}{failed} · {} msg/s · {:02}:{:02}:{:02}",
         grouped(totals.read),
         grouped(totals.written),
         grouped(rate.round() as u64),
@@ -102,12 +107,17 @@ mod tests {
 
     #[test]
     fn the_line_says_what_moved() {
-        let totals = Totals { read: 1_234_567, read_bytes: 0, written: 999, failed: 0 };
+        let totals = Totals { read: 1_234_567, read_bytes: 0, written: 999, failed: 0, input: None };
         assert_eq!(
             line(&totals, 4100.4, Duration::from_secs(3723)),
             "read 1,234,567 · written 999 · 4,100 msg/s · 01:02:03"
         );
         let totals = Totals { failed: 12, ..totals };
         assert!(line(&totals, 0.0, Duration::ZERO).contains(" · failed 12 · "));
+        // Files of known size: the share read, rounded down (100% only at the end).
+        let totals = Totals { input: Some((2_999, 3_000)), ..totals };
+        assert!(line(&totals, 0.0, Duration::ZERO).starts_with("read 1,234,567 (99%) · written"));
+        let totals = Totals { input: Some((3_000, 3_000)), ..totals };
+        assert!(line(&totals, 0.0, Duration::ZERO).starts_with("read 1,234,567 (100%) · written"));
     }
 }

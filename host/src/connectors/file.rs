@@ -12,6 +12,10 @@
 use std::fs::TryLockError;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{self, Poll};
 
 use anyhow::{Context, Result, bail};
 use async_trait::async_trait;
@@ -20,6 +24,7 @@ use tokio::io::AsyncWriteExt;
 use super::lines::{LineLimits, LinePosition};
 use super::{Connector, Settings, Sink, SinkSpec, Source, SourceContext, SourceSpec, SpecError, format, lines};
 use crate::config::{Format, PipelineConfig};
+use crate::flow::SourceStats;
 use crate::message::Message;
 
 /// The `file://` connector.
@@ -137,6 +142,7 @@ impl Source for FileSource {
             .with_context(|| format!("opening {}", self.spec.path.display()))?;
         let origin = self.spec.path.display().to_string();
         let start = resume_point(&ctx, &origin, &mut file).await?;
+        let file = Counted::new(file, ctx.stats()).await;
         let reader = tokio::io::BufReader::with_capacity(256 * 1024, file);
         // A checkpoint records where the file was read to; a run that ends
         // at the end of the file removes the record, so the next run reads
@@ -184,6 +190,45 @@ async fn resume_point(ctx: &SourceContext, origin: &str, file: &mut tokio::fs::F
             tracing::warn!(source = ctx.name(), "ignoring an unreadable recorded position of {origin}");
             Ok(LinePosition::default())
         }
+    }
+}
+
+/// The input file, counting what is read of it into the source's stats
+/// (the progress line's percentage): one add per read of the line
+/// reader's buffer, not per line.
+struct Counted {
+    file: tokio::fs::File,
+    stats: Arc<SourceStats>,
+}
+
+impl Counted {
+    /// Counts from the file's current position, against its size when it is
+    /// a regular file (a named pipe has none).
+    async fn new(mut file: tokio::fs::File, stats: Arc<SourceStats>) -> Counted {
+        use tokio::io::AsyncSeekExt;
+        if let Ok(metadata) = file.metadata().await
+            && metadata.is_file()
+        {
+            let at = file.stream_position().await.unwrap_or(0);
+            stats.input_read.store(at, Ordering::Relaxed);
+            stats.input_size.store(metadata.len(), Ordering::Relaxed);
+        }
+        Counted { file, stats }
+    }
+}
+
+impl tokio::io::AsyncRead for Counted {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let poll = Pin::new(&mut self.file).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = poll {
+            self.stats.input_read.fetch_add((buf.filled().len() - before) as u64, Ordering::Relaxed);
+        }
+        poll
     }
 }
 

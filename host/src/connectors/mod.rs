@@ -15,6 +15,7 @@
 pub mod broker;
 mod error;
 pub mod format;
+pub mod lag;
 mod lines;
 mod settings;
 

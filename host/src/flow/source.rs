@@ -62,6 +62,10 @@ pub struct SourceStats {
     pub events: AtomicU64,
     /// Bytes of keys, values and headers.
     pub bytes: AtomicU64,
+    /// Bytes of its input a source of known size (a file) has read so far.
+    pub input_read: AtomicU64,
+    /// The size of that input in bytes; 0 when unknown (a stream, a pipe).
+    pub input_size: AtomicU64,
 }
 
 /// What the pipeline gives a running source.

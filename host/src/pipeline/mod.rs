@@ -282,6 +282,9 @@ impl Pipeline {
         }
         let dlq_sender = dead_letter_sink.map(|(opened, retry)| {
             let (tx, rx) = mpsc::channel(CHANNEL_BATCHES);
+            if let Some(t) = &telemetry {
+                t.channel("dead_letter", "dead_letter", &tx);
+            }
             let policy = BatchPolicy { max_size: 100, max_wait: Duration::from_millis(10) };
             let label = "[dead_letter]".to_string();
             let stats = dlq_stats.clone();
@@ -311,6 +314,7 @@ impl Pipeline {
             sink_stats.push((sink.name.to_string(), stats.clone()));
             if let Some(t) = &telemetry {
                 t.sink(&sink.name, "sink", stats.clone());
+                t.channel(&sink.name, "sink", &tx);
             }
             let label = format!("sink `{}`", sink.name);
             if sink.routes.is_empty() {
@@ -345,6 +349,7 @@ impl Pipeline {
             stage_stats.push((prepared.context.clone(), stats.clone()));
             if let Some(t) = &telemetry {
                 t.stage(prepared.context.clone(), stats.clone());
+                t.channel(&prepared.context.name, "stage", &input_tx);
             }
             let counter = stats.dispatched.clone();
             dispatched.push(counter.clone());

@@ -53,6 +53,7 @@
 //! depends on them), so those keys are refused in `properties`. Properties are
 //! checked by librdkafka when the pipeline is loaded.
 
+mod lag;
 mod sink;
 mod source;
 

@@ -543,6 +543,7 @@ impl Source for KafkaSource {
         );
         let topics: Vec<&str> = spec.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics).context("subscribing")?;
+        let lag = super::lag::spawn(consumer.clone(), spec.start, ctx.name());
         tracing::info!(source = ctx.name(), group = %spec.group, topics = %spec.topics.join(","), "Kafka source started");
 
         let mut tick = tokio::time::interval(spec.commit_interval);
@@ -610,6 +611,7 @@ impl Source for KafkaSource {
                 _ = tick.tick() => shared.commit(&*consumer, None, CommitMode::Async),
             }
         }
+        lag.stop().await;
         let closing = {
             let shared = shared.clone();
             let consumer = consumer.clone();

@@ -72,6 +72,7 @@
 //! sent again.
 
 mod fields;
+mod lag;
 mod sink;
 mod source;
 

@@ -78,6 +78,7 @@ impl Source for RedisSource {
             finish.clone(),
             ctx.name().to_string(),
         ));
+        let lag = super::lag::spawn(client.clone(), spec.clone(), ctx.name());
         tracing::info!(
             source = ctx.name(),
             "reading {} on {} as consumer `{}` of group `{}`",
@@ -92,6 +93,7 @@ impl Source for RedisSource {
         // acknowledger send the last XACKs and stop.
         tracker.wait_idle().await;
         finish.cancel();
+        lag.stop().await;
         acker.await.context("the acknowledger task failed")?;
         result
     }
