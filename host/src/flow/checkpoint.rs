@@ -123,20 +123,27 @@ impl Checkpoints {
 
     /// Runs a checkpoint every `interval`, or sooner when asked, until
     /// `stop` fires. A checkpoint under way is finished, not abandoned: the
-    /// positions it took must be published or kept for the last one.
-    pub async fn run(&self, interval: Duration, store: Arc<dyn CheckpointStore>, stop: CancellationToken) {
+    /// positions it took must be published or kept for the last one. After
+    /// `halt` fires, checkpoints commit nothing.
+    pub async fn run(
+        &self,
+        interval: Duration,
+        store: Arc<dyn CheckpointStore>,
+        stop: CancellationToken,
+        halt: CancellationToken,
+    ) {
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(interval) => {}
                 _ = self.inner.requested.notified() => {}
             }
-            self.checkpoint(store.as_ref()).await;
+            self.checkpoint(store.as_ref(), &halt).await;
         }
     }
 
     /// One checkpoint while the pipeline runs.
-    async fn checkpoint(&self, store: &dyn CheckpointStore) {
+    async fn checkpoint(&self, store: &dyn CheckpointStore, halt: &CancellationToken) {
         let trackers: Vec<Arc<dyn Holding>> = self.inner.trackers.lock().clone();
         // Positions released before a look at the state that finds nothing
         // changed carry no state effects: record them without the gate.
@@ -146,10 +153,17 @@ impl Checkpoints {
             return;
         }
         let _gate = self.inner.gate.write().await;
-        for tracker in &trackers {
-            tracker.settled().await;
+        let settled = async {
+            for tracker in &trackers {
+                tracker.settled().await;
+            }
+        };
+        tokio::select! {
+            () = settled => {}
+            // After a halt, batches in flight may never finish.
+            _ = halt.cancelled() => {}
         }
-        if trackers.iter().any(|t| t.in_flight() > 0) {
+        if halt.is_cancelled() || trackers.iter().any(|t| t.in_flight() > 0) {
             // Halted: nothing in flight will finish; commit nothing.
             self.inner.unpublished.lock().extend(early);
             return;
@@ -229,7 +243,7 @@ mod tests {
         assert!(released.try_recv().is_err(), "held until a checkpoint");
         assert_eq!(tracker.outstanding(), 1, "a held position is still outstanding for its source");
 
-        checkpoints.checkpoint(&durable).await;
+        checkpoints.checkpoint(&durable, &CancellationToken::new()).await;
         assert_eq!(released.try_recv().unwrap(), (0, 10));
         assert_eq!(tracker.outstanding(), 0);
         assert_eq!(store.positions("in").unwrap(), [("0".to_string(), b"10".to_vec())]);
@@ -238,7 +252,7 @@ mod tests {
         // No state change: the position is recorded without closing the gate.
         let token = tracker.register(0, 20, 1);
         token.done(1);
-        checkpoints.checkpoint(&durable).await;
+        checkpoints.checkpoint(&durable, &CancellationToken::new()).await;
         assert_eq!(released.try_recv().unwrap(), (0, 20));
         assert_eq!(store.positions("in").unwrap(), [("0".to_string(), b"20".to_vec())]);
     }
@@ -256,7 +270,7 @@ mod tests {
         state.set(b"k".to_vec(), b"1".to_vec()).unwrap();
         let running = tokio::spawn({
             let (checkpoints, durable) = (checkpoints.clone(), durable.clone());
-            async move { checkpoints.checkpoint(durable.as_ref()).await }
+            async move { checkpoints.checkpoint(durable.as_ref(), &CancellationToken::new()).await }
         });
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!running.is_finished(), "the batch in flight may still change state");

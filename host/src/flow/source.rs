@@ -157,7 +157,10 @@ impl SourceContext {
     ) -> Result<(), Stopped> {
         // A checkpoint under way holds new batches back at its gate.
         let _pass = match &self.checkpoints {
-            Some(checkpoints) => Some(checkpoints.pass().await),
+            Some(checkpoints) => tokio::select! {
+                pass = checkpoints.pass() => Some(pass),
+                _ = self.halt_signal.cancelled() => return Err(Stopped),
+            },
             None => None,
         };
         let token = tracker.register(partition, position, read.len());

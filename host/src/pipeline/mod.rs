@@ -422,7 +422,8 @@ impl Pipeline {
             let stop = CancellationToken::new();
             let coordinator = tokio::spawn({
                 let (checkpoints, state, stop) = (checkpoints.clone(), state.clone(), stop.clone());
-                async move { checkpoints.run(c.interval, state, stop).await }
+                let halt = control.halt_signal().clone();
+                async move { checkpoints.run(c.interval, state, stop, halt).await }
             });
             (checkpoints, state, stop, coordinator)
         });
