@@ -366,6 +366,87 @@ uri = {out}
     assert_eq!(last_counts(&third_run), expected(200));
 }
 
+/// A file source under count-by-key, killed with SIGKILL at random moments
+/// and started again: each run resumes after the last checkpoint's line, and
+/// the saved counts are exact. A run that reads the file to its end forgets
+/// the position, so the next run reads it whole again.
+#[test]
+fn a_file_resumes_at_the_last_checkpoint_and_keyed_counts_stay_exact() {
+    const LINES: u64 = 300_000;
+    const KEYS: u64 = 7;
+    let scratch = Scratch::new();
+    let mut input = String::with_capacity(LINES as usize * 40);
+    for i in 0..LINES {
+        input += &format!("{{\"key\":\"k{}\",\"value\":\"{i}\"}}\n", i % KEYS);
+    }
+    let path = scratch.write("in.ndjson", &input);
+    let pipeline = scratch.write(
+        "pipeline.toml",
+        &format!(
+            r#"
+[[source]]
+name = "in"
+uri = {input}
+batch_size = 100
+
+[[stage]]
+name = "count"
+plugin = {plugin}
+
+[[sink]]
+name = "out"
+uri = "null://"
+
+[state]
+checkpoint_interval_ms = 20
+"#,
+            input = file_uri(&path),
+            plugin = wasm("count-by-key"),
+        ),
+    );
+    let file = pipeline.to_str().unwrap();
+    let expected = |runs: u64| -> BTreeMap<String, u64> {
+        (0..KEYS).map(|k| (format!("k{k}"), runs * (0..LINES).filter(|i| i % KEYS == k).count() as u64)).collect()
+    };
+    let mut kills = 0;
+    let mut resumed = 0;
+    loop {
+        let mut running = Running::start(&["run", file]);
+        running.wait_for_log(RUN_LIMIT, "the plugin to load", |log| log.contains("plugin loaded"));
+        std::thread::sleep(Duration::from_millis(random_in(100..400)));
+        if !running.is_running() || kills == 4 {
+            let (code, log, _) = running.wait(RUN_LIMIT);
+            assert_eq!(code, Some(0), "{log}");
+            resumed += usize::from(log.contains("resuming"));
+            break;
+        }
+        let log = running.kill9();
+        resumed += usize::from(log.contains("resuming"));
+        kills += 1;
+        if kills == 1 {
+            // The position is recorded with the state, as `line byte`.
+            let list = run_weir(&["state", "list", file], RUN_LIMIT);
+            assert_success(&list);
+            let listed = text(&list).0;
+            assert!(listed.contains("source in\tcheckpoint position "), "{listed}");
+        }
+    }
+    assert!(kills >= 2, "the file was read to its end before two kills ({kills}): make it longer");
+    assert!(resumed >= kills, "every run after a kill resumes ({resumed} of {kills})");
+    assert_eq!(saved_counts(&pipeline, "count"), expected(1), "exact counts after {kills} kill -9 restarts");
+
+    // The last run read the file to its end: the next one reads it whole.
+    let listed = text(&run_weir(&["state", "list", file], RUN_LIMIT)).0;
+    assert!(!listed.contains("checkpoint position"), "a file read to its end keeps no position: {listed}");
+    let again = run_weir(&["run", file], RUN_LIMIT);
+    assert_success(&again);
+    assert!(!text(&again).1.contains("resuming"), "{:?}", text(&again));
+    assert_eq!(saved_counts(&pipeline, "count"), expected(2));
+    let reset = run_weir(&["state", "reset", file, "--positions"], RUN_LIMIT);
+    assert_success(&reset);
+    assert!(text(&reset).0.starts_with("forgot 0 recorded source positions"), "{:?}", text(&reset));
+}
+
 fn base64_of(bytes: &[u8]) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(bytes)

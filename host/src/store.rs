@@ -23,6 +23,9 @@ pub const FILE_NAME: &str = "state.redb";
 /// A table name is `stage:` followed by the stage's name.
 const STAGE_PREFIX: &str = "stage:";
 
+/// Source positions covered by the saved state: key `source\0partition`.
+const POSITIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("positions");
+
 /// Why the state store cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -56,6 +59,21 @@ pub enum StoreError {
 /// What one stage changed since the last checkpoint: a key's new value, or
 /// `None` when it was deleted.
 pub type Changes = Vec<(Vec<u8>, Option<Vec<u8>>)>;
+
+/// A source position recorded with a checkpoint: what a restart re-applies
+/// to the source (offsets to seek to, entries to acknowledge) before it
+/// reads, so that nothing the saved state covers is applied twice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PositionRecord {
+    /// The source's name.
+    pub source: String,
+    /// Which part of the source (a partition, a stream); the source's own
+    /// naming.
+    pub key: String,
+    /// The source's encoding of the position; `None` removes the record
+    /// (e.g. a file read to its end).
+    pub value: Option<Vec<u8>>,
+}
 
 /// How much state a stage holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -138,10 +156,28 @@ impl StateStore {
     /// Writes every stage's changes in one transaction: after a crash either
     /// all of them are in the store or none is.
     pub fn commit(&self, changes: &[(&str, &Changes)]) -> Result<(), StoreError> {
-        if changes.iter().all(|(_, c)| c.is_empty()) {
+        self.checkpoint(changes, &[])
+    }
+
+    /// Writes every stage's changes and the source positions they cover in
+    /// one transaction (a checkpoint): after a crash either all of it is in
+    /// the store or none is.
+    pub fn checkpoint(&self, changes: &[(&str, &Changes)], positions: &[PositionRecord]) -> Result<(), StoreError> {
+        if changes.iter().all(|(_, c)| c.is_empty()) && positions.is_empty() {
             return Ok(());
         }
         let write = self.db.begin_write().map_err(|e| self.storage(e))?;
+        if !positions.is_empty() {
+            let mut table = write.open_table(POSITIONS).map_err(|e| self.storage(e))?;
+            for record in positions {
+                let key = position_key(&record.source, &record.key);
+                match &record.value {
+                    Some(value) => table.insert(key.as_str(), value.as_slice()).map(drop),
+                    None => table.remove(key.as_str()).map(drop),
+                }
+                .map_err(|e| self.storage(e))?;
+            }
+        }
         for (stage, changes) in changes.iter().filter(|(_, c)| !c.is_empty()) {
             let name = table_name(stage);
             let mut table =
@@ -155,6 +191,50 @@ impl StateStore {
             }
         }
         write.commit().map_err(|e| self.storage(e))
+    }
+
+    /// The positions recorded for `source` (key, value), sorted by key.
+    pub fn positions(&self, source: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        Ok(self
+            .all_positions()?
+            .into_iter()
+            .filter(|r| r.source == source)
+            .filter_map(|r| Some((r.key, r.value?)))
+            .collect())
+    }
+
+    /// Every recorded source position, sorted by source and key.
+    pub fn all_positions(&self) -> Result<Vec<PositionRecord>, StoreError> {
+        let read = self.db.begin_read().map_err(|e| self.storage(e))?;
+        let table = match read.open_table(POSITIONS) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(self.storage(e)),
+        };
+        let mut records = Vec::new();
+        for item in table.iter().map_err(|e| self.storage(e))? {
+            let (key, value) = item.map_err(|e| self.storage(e))?;
+            let (source, key) = key.value().split_once('\0').unwrap_or((key.value(), ""));
+            records.push(PositionRecord {
+                source: source.to_string(),
+                key: key.to_string(),
+                value: Some(value.value().to_vec()),
+            });
+        }
+        Ok(records)
+    }
+
+    /// Forgets every recorded source position (the next run starts where
+    /// the brokers' committed positions say); returns how many there were.
+    pub fn reset_positions(&self) -> Result<u64, StoreError> {
+        let write = self.db.begin_write().map_err(|e| self.storage(e))?;
+        let count = match write.open_table(POSITIONS) {
+            Ok(table) => table.len().map_err(|e| self.storage(e))?,
+            Err(e) => return Err(self.storage(e)),
+        };
+        write.delete_table(POSITIONS).map_err(|e| self.storage(e))?;
+        write.commit().map_err(|e| self.storage(e))?;
+        Ok(count)
     }
 
     /// The stages with saved state, with their sizes.
@@ -191,6 +271,10 @@ impl StateStore {
     }
 }
 
+fn position_key(source: &str, key: &str) -> String {
+    format!("{source}\0{key}")
+}
+
 fn table_name(stage: &str) -> String {
     format!("{STAGE_PREFIX}{stage}")
 }
@@ -223,6 +307,26 @@ mod tests {
         );
         assert_eq!(store.reset("a").unwrap(), 1);
         assert!(store.load("a").unwrap().is_empty());
+    }
+
+    #[test]
+    fn positions_are_committed_with_the_changes_and_removed_by_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        let record = |source: &str, key: &str, value: Option<&[u8]>| PositionRecord {
+            source: source.into(),
+            key: key.into(),
+            value: value.map(<[u8]>::to_vec),
+        };
+        let a: Changes = vec![(b"k".to_vec(), Some(b"1".to_vec()))];
+        store.checkpoint(&[("a", &a)], &[record("in", "t/0", Some(b"10")), record("in", "t/1", Some(b"7"))]).unwrap();
+        store.checkpoint(&[], &[record("in", "t/0", Some(b"12")), record("other", "", Some(b"x"))]).unwrap();
+        assert_eq!(store.positions("in").unwrap(), [("t/0".into(), b"12".to_vec()), ("t/1".into(), b"7".to_vec())]);
+        store.checkpoint(&[], &[record("other", "", None)]).unwrap();
+        assert!(store.positions("other").unwrap().is_empty());
+        assert_eq!(store.load("a").unwrap().len(), 1);
+        assert_eq!(store.reset_positions().unwrap(), 2);
+        assert!(store.all_positions().unwrap().is_empty());
     }
 
     #[test]

@@ -380,6 +380,21 @@ impl Running {
         assert!(status.success(), "kill {signal} failed");
     }
 
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().expect("waiting for weir").is_none()
+    }
+
+    /// SIGKILL (no chance to drain or save anything); returns stderr.
+    pub fn kill9(mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+        self.stderr()
+    }
+
     /// Waits for the exit (killing it and failing after `limit`): the exit
     /// code, the whole stderr and how long the wait took.
     pub fn wait(mut self, limit: Duration) -> (Option<i32>, String, Duration) {
@@ -736,4 +751,35 @@ pub fn with_custom_section(component: &[u8], name: &str, len: usize) -> Vec<u8> 
     leb128(content.len(), &mut out);
     out.extend_from_slice(&content);
     out
+}
+
+/// The counts `count-by-key` saved in `stage`'s state (read with
+/// `weir state show`), by key.
+pub fn saved_counts(pipeline: &Path, stage: &str) -> std::collections::BTreeMap<String, u64> {
+    use base64::Engine;
+    let shown =
+        run_weir(&["state", "show", pipeline.to_str().unwrap(), stage, "--limit", "1000000"], Duration::from_secs(60));
+    assert!(shown.status.success(), "weir state show: {:?}", text(&shown));
+    let mut counts = std::collections::BTreeMap::new();
+    for line in text(&shown).0.lines() {
+        let entry: serde_json::Value = serde_json::from_str(line).unwrap();
+        let key = entry["key"].as_str().unwrap_or_else(|| panic!("a text key in {line}"));
+        let Some(key) = key.strip_prefix("count:") else { continue };
+        // Shown as text when the bytes happen to be UTF-8, else Base64.
+        let value = match (entry["value"].as_str(), entry["value_b64"].as_str()) {
+            (Some(text), _) => text.as_bytes().to_vec(),
+            (None, Some(b64)) => base64::engine::general_purpose::STANDARD.decode(b64).unwrap(),
+            _ => panic!("no value in {line}"),
+        };
+        counts.insert(key.to_string(), u64::from_le_bytes(value.try_into().expect("an 8-byte counter")));
+    }
+    counts
+}
+
+/// A number in `range`, different from run to run (random kill moments).
+pub fn random_in(range: std::ops::Range<u64>) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos());
+    range.start + hasher.finish() % (range.end - range.start).max(1)
 }

@@ -40,7 +40,12 @@ pub fn pulsar_lite_binary() -> PathBuf {
         .get_or_init(|| {
             let find = || {
                 let out = Command::new("python3")
-                    .args(["-c", "import os, pulsar_lite; print(os.path.dirname(pulsar_lite.__file__))"])
+                    // Located without importing it: its `__init__` needs the
+                    // official client, which the broker binary does not.
+                    .args([
+                        "-c",
+                        "import importlib.util as u; print(u.find_spec('pulsar_lite').submodule_search_locations[0])",
+                    ])
                     .output()
                     .ok()?;
                 let dir = String::from_utf8(out.stdout).ok()?;

@@ -29,12 +29,18 @@ pub(super) enum StateCommand {
         #[arg(long, default_value_t = 1000)]
         limit: usize,
     },
-    /// Deletes a stage's saved state: the next run starts it empty.
+    /// Deletes a stage's saved state (the next run starts it empty), and
+    /// with `--positions` the source positions the last checkpoint recorded
+    /// (the next run starts where the brokers' committed positions say).
     Reset {
         /// The pipeline file (TOML).
         file: std::path::PathBuf,
         /// The stage.
-        stage: String,
+        #[arg(required_unless_present = "positions")]
+        stage: Option<String>,
+        /// Also forget the recorded source positions.
+        #[arg(long)]
+        positions: bool,
     },
 }
 
@@ -48,21 +54,36 @@ pub(super) fn state(command: StateCommand) -> i32 {
     };
     let known = |stage: &str| config.stages.iter().any(|s| s.name == stage);
     let result = match command {
-        StateCommand::List { .. } => store.stages().map(|summaries| {
-            for stage in &config.stages {
-                let summary = summaries.iter().find(|s| s.stage == stage.name);
-                let (keys, bytes) = summary.map_or((0, 0), |s| (s.keys, s.bytes));
-                println!("{}\t{keys} keys\t{bytes} bytes", stage.name);
-            }
-            // State of stages no longer in the file is still shown (and
-            // can be reset).
-            for summary in summaries.iter().filter(|s| !known(&s.stage)) {
-                println!(
-                    "{}\t{} keys\t{} bytes\t(not in the pipeline file)",
-                    summary.stage, summary.keys, summary.bytes
-                );
-            }
-        }),
+        StateCommand::List { .. } => store
+            .stages()
+            .map(|summaries| {
+                for stage in &config.stages {
+                    let summary = summaries.iter().find(|s| s.stage == stage.name);
+                    let (keys, bytes) = summary.map_or((0, 0), |s| (s.keys, s.bytes));
+                    println!("{}\t{keys} keys\t{bytes} bytes", stage.name);
+                }
+                // State of stages no longer in the file is still shown (and
+                // can be reset).
+                for summary in summaries.iter().filter(|s| !known(&s.stage)) {
+                    println!(
+                        "{}\t{} keys\t{} bytes\t(not in the pipeline file)",
+                        summary.stage, summary.keys, summary.bytes
+                    );
+                }
+            })
+            .and_then(|()| store.all_positions())
+            .map(|positions| {
+                // Where the last checkpoint left each source (re-applied on restart).
+                for record in positions {
+                    let value = record.value.unwrap_or_default();
+                    let shown = match std::str::from_utf8(&value) {
+                        Ok(text) if text.len() <= 64 => text.to_string(),
+                        _ => format!("{} bytes", value.len()),
+                    };
+                    let part = if record.key.is_empty() { String::new() } else { format!(" {}", record.key) };
+                    println!("source {}{part}\tcheckpoint position {shown}", record.source);
+                }
+            }),
         StateCommand::Show { stage, limit, .. } => store.load(&stage).map(|entries| {
             let mut entries: Vec<_> = entries.into_iter().collect();
             entries.sort();
@@ -76,9 +97,18 @@ pub(super) fn state(command: StateCommand) -> i32 {
                 eprintln!("({} more entries; raise --limit to see them)", entries.len() - limit);
             }
         }),
-        StateCommand::Reset { stage, .. } => store.reset(&stage).map(|keys| {
-            println!("stage `{stage}`: deleted {keys} keys from {}", store.file().display());
-        }),
+        StateCommand::Reset { stage, positions, .. } => stage
+            .map_or(Ok(()), |stage| {
+                store.reset(&stage).map(|keys| {
+                    println!("stage `{stage}`: deleted {keys} keys from {}", store.file().display());
+                })
+            })
+            .and_then(|()| match positions {
+                true => store.reset_positions().map(|count| {
+                    println!("forgot {count} recorded source positions in {}", store.file().display());
+                }),
+                false => Ok(()),
+            }),
     };
     match result {
         Ok(()) => EXIT_OK,

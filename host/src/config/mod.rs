@@ -220,6 +220,9 @@ impl PipelineConfig {
         let drain = &self.shutdown.drain_timeout_ms;
         ranges::check("drain_timeout_ms", *drain.get_ref(), &ranges::DRAIN_TIMEOUT_MS)
             .map_err(|m| self.error_at(drain, format!("[shutdown]: {m}")))?;
+        let interval = &self.state.checkpoint_interval_ms;
+        ranges::check("checkpoint_interval_ms", *interval.get_ref(), &ranges::CHECKPOINT_INTERVAL_MS)
+            .map_err(|m| self.error_at(interval, format!("[state]: {m}")))?;
         let in_flight = &self.memory.max_in_flight_mb;
         ranges::check("max_in_flight_mb", *in_flight.get_ref(), &ranges::MAX_IN_FLIGHT_MB)
             .map_err(|m| self.error_at(in_flight, format!("[memory]: {m}")))?;

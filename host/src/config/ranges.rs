@@ -31,6 +31,8 @@ pub const RETRY_BACKOFF_MS: RangeInclusive<u64> = 0..=60_000;
 pub const SINK_RETRIES: RangeInclusive<u64> = 0..=1_000_000;
 /// `[shutdown] drain_timeout_ms`: from 100 ms to an hour.
 pub const DRAIN_TIMEOUT_MS: RangeInclusive<u64> = 100..=3_600_000;
+/// `[state] checkpoint_interval_ms`: from 10 ms to an hour.
+pub const CHECKPOINT_INTERVAL_MS: RangeInclusive<u64> = 10..=3_600_000;
 /// `[memory] max_in_flight_mb`: from 1 MiB to 1 TiB.
 pub const MAX_IN_FLIGHT_MB: RangeInclusive<u64> = 1..=1 << 20;
 /// Redis `claim_idle_ms`: up to a day (0 = never claim).

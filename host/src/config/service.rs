@@ -157,9 +157,31 @@ impl PipelineConfig {
 }
 
 /// `[state]`.
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StateConfig {
     /// Folder for stage state; default `.weir/state` beside the pipeline file.
     pub dir: Option<String>,
+    /// How often stage state and the source positions it covers are made
+    /// durable together (a checkpoint); sources commit to their brokers only
+    /// what a checkpoint covers.
+    #[serde(default = "default_checkpoint_interval_ms")]
+    pub checkpoint_interval_ms: Spanned<u64>,
+}
+
+fn default_checkpoint_interval_ms() -> Spanned<u64> {
+    Spanned::new(0..0, 1000)
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig { dir: None, checkpoint_interval_ms: default_checkpoint_interval_ms() }
+    }
+}
+
+impl StateConfig {
+    /// The checkpoint interval.
+    pub fn checkpoint_interval(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(*self.checkpoint_interval_ms.get_ref())
+    }
 }

@@ -21,7 +21,7 @@ use anyhow::{Context, Result, bail};
 use async_trait::async_trait;
 use tokio::io::AsyncWriteExt;
 
-use super::lines::LineLimits;
+use super::lines::{LineLimits, LinePosition};
 use super::{Connector, Settings, Sink, SinkSpec, Source, SourceContext, SourceSpec, SpecError, format, lines};
 use crate::config::{Format, PipelineConfig};
 use crate::flow::SourceStats;
@@ -137,13 +137,59 @@ impl FileSource {
 #[async_trait]
 impl Source for FileSource {
     async fn run(self: Box<Self>, ctx: SourceContext) -> Result<()> {
-        let file = tokio::fs::File::open(&self.spec.path)
+        let mut file = tokio::fs::File::open(&self.spec.path)
             .await
             .with_context(|| format!("opening {}", self.spec.path.display()))?;
+        let origin = self.spec.path.display().to_string();
+        let start = resume_point(&ctx, &origin, &mut file).await?;
         let file = Counted::new(file, ctx.stats()).await;
         let reader = tokio::io::BufReader::with_capacity(256 * 1024, file);
-        let origin = self.spec.path.display().to_string();
-        lines::run(reader, self.spec.format, self.spec.limits, &origin, &ctx).await
+        // A checkpoint records where the file was read to; a run that ends
+        // at the end of the file removes the record, so the next run reads
+        // it whole again.
+        let tracker = ctx.checkpointed_tracker::<LinePosition>(Box::new(|_, positions| {
+            let last = positions.last()?;
+            Some((String::new(), (!last.end).then(|| format!("{} {}", last.line, last.byte).into_bytes())))
+        }));
+        lines::run(reader, self.spec.format, self.spec.limits, &origin, &ctx, tracker, start).await
+    }
+}
+
+/// Where to start reading: where the last checkpoint of a run that did not
+/// reach the end of the file left it (the file positioned there), else at
+/// the start.
+async fn resume_point(ctx: &SourceContext, origin: &str, file: &mut tokio::fs::File) -> Result<LinePosition> {
+    use tokio::io::AsyncSeekExt;
+    let Some((_, recorded)) = ctx.restored().first() else { return Ok(LinePosition::default()) };
+    let parsed = std::str::from_utf8(recorded).ok().and_then(|text| {
+        let (line, byte) = text.split_once(' ')?;
+        Some(LinePosition { line: line.parse().ok()?, byte: byte.parse().ok()?, end: false })
+    });
+    let length = file.metadata().await.with_context(|| format!("reading the size of {origin}"))?.len();
+    match parsed {
+        Some(at) if at.byte <= length => {
+            file.seek(std::io::SeekFrom::Start(at.byte)).await.with_context(|| format!("seeking in {origin}"))?;
+            tracing::info!(
+                source = ctx.name(),
+                "resuming {origin} after line {} (byte {}), where the last checkpoint of an unfinished run left it",
+                at.line,
+                at.byte
+            );
+            Ok(at)
+        }
+        Some(at) => {
+            tracing::warn!(
+                source = ctx.name(),
+                "{origin} is shorter ({length} bytes) than where the last run stopped (byte {}): reading it from the \
+                 start",
+                at.byte
+            );
+            Ok(LinePosition::default())
+        }
+        None => {
+            tracing::warn!(source = ctx.name(), "ignoring an unreadable recorded position of {origin}");
+            Ok(LinePosition::default())
+        }
     }
 }
 

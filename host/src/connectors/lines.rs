@@ -7,7 +7,20 @@ use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, BufReader};
 
 use super::{Read, SourceContext, format};
 use crate::config::Format;
+use crate::flow::ack::{AckTracker, Released};
 use crate::message::{Message, Origin};
+
+/// Where a line source is: lines and bytes read, and whether that is the
+/// end of the input.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LinePosition {
+    /// Lines read.
+    pub line: u64,
+    /// Bytes read.
+    pub byte: u64,
+    /// The input ended here.
+    pub end: bool,
+}
 
 /// How a line source reads.
 #[derive(Debug, Clone, Copy)]
@@ -23,17 +36,21 @@ pub struct LineLimits {
 /// buffered, so an interactive stdin is not held back. Lines that do not
 /// decode go to the dead letter with the reason and their line number; a
 /// line longer than `limits.max_message_bytes` stops the source with an
-/// error.
+/// error. Reading starts at `start` (the reader is already there); each
+/// batch's position is where it ends, and reaching the end of the input
+/// registers one more, empty, batch at the end.
 pub async fn run<R: AsyncRead + Unpin>(
     mut reader: BufReader<R>,
     format: Format,
     limits: LineLimits,
     origin: &str,
     ctx: &SourceContext,
+    (tracker, mut released): (AckTracker<LinePosition>, Released<LinePosition>),
+    start: LinePosition,
 ) -> Result<()> {
     let batch = limits.batch;
-    let (tracker, mut released) = ctx.tracker::<u64>();
-    let mut line_no: u64 = 0;
+    let mut line_no = start.line;
+    let mut byte = start.byte;
     let mut line = Vec::new();
     let mut eof = false;
     let mut too_long = None;
@@ -50,7 +67,10 @@ pub async fn run<R: AsyncRead + Unpin>(
                 }
             };
             match read {
-                Line::Complete => line_no += 1,
+                Line::Complete => {
+                    line_no += 1;
+                    byte += line.len() as u64;
+                }
                 Line::End => {
                     eof = true;
                     break;
@@ -78,15 +98,20 @@ pub async fn run<R: AsyncRead + Unpin>(
         if messages.is_empty() && rejected.is_empty() {
             continue;
         }
-        if ctx.hand_over(&tracker, 0, line_no, Read { messages, rejected }).await.is_err() {
+        let position = LinePosition { line: line_no, byte, end: false };
+        if ctx.hand_over(&tracker, 0, position, Read { messages, rejected }).await.is_err() {
             break;
         }
         while let Ok((_, position)) = released.try_recv() {
-            tracing::trace!(source = ctx.name(), line = position, "lines done");
+            tracing::trace!(source = ctx.name(), line = position.line, "lines done");
         }
     }
+    if eof {
+        let end = LinePosition { line: line_no, byte, end: true };
+        let _ = ctx.hand_over(&tracker, 0, end, Read::default()).await;
+    }
     ctx.drain(&tracker, &mut released, |_, position| {
-        tracing::trace!(source = ctx.name(), line = position, "lines done")
+        tracing::trace!(source = ctx.name(), line = position.line, "lines done")
     })
     .await;
     // The lines before an overlong one are written first; then the source fails.

@@ -64,7 +64,9 @@ impl StdinSource {
 impl Source for StdinSource {
     async fn run(self: Box<Self>, ctx: SourceContext) -> Result<()> {
         let reader = tokio::io::BufReader::with_capacity(64 * 1024, tokio::io::stdin());
-        lines::run(reader, self.spec.format, self.spec.limits, "stdin", &ctx).await
+        // Standard input cannot be read again: no positions to record.
+        let tracker = ctx.tracker();
+        lines::run(reader, self.spec.format, self.spec.limits, "stdin", &ctx, tracker, Default::default()).await
     }
 }
 

@@ -21,6 +21,8 @@ use parking_lot::Mutex;
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::budget::Reservation;
+use super::checkpoint::{Checkpoints, Encoder, Holding, Taken};
+use crate::store::PositionRecord;
 
 /// Outstanding work of one source batch (or of one aggregated group).
 #[derive(Clone)]
@@ -176,6 +178,21 @@ struct TrackerInner<P> {
     /// Fires whenever positions are released (or on halt), for
     /// [`AckTracker::wait_partition_idle`].
     progress: Notify,
+    /// With checkpoints: released positions wait here for a durable
+    /// checkpoint before the source gets them.
+    hold: Option<Hold<P>>,
+}
+
+/// The held positions of a checkpointed tracker.
+struct Hold<P> {
+    source: Arc<str>,
+    /// Released positions, in release order; they still count as
+    /// outstanding (the source has not got them).
+    held: Mutex<Vec<(u32, P)>>,
+    /// `held.len()`, readable without the lock.
+    count: AtomicUsize,
+    encode: Encoder<P>,
+    checkpoints: Checkpoints,
 }
 
 struct PartitionQueue<P> {
@@ -190,6 +207,31 @@ pub type Released<P> = mpsc::UnboundedReceiver<(u32, P)>;
 impl<P: Send + 'static> AckTracker<P> {
     /// A tracker that stops releasing once `halted` is set.
     pub fn new(halted: Arc<AtomicBool>) -> (Self, Released<P>) {
+        Self::build(halted, None)
+    }
+
+    /// A tracker whose released positions reach the source only once a
+    /// checkpoint of `checkpoints` made them durable (with the state they
+    /// produced); `encode` says how `source` records them.
+    pub fn checkpointed(
+        halted: Arc<AtomicBool>,
+        checkpoints: &Checkpoints,
+        source: Arc<str>,
+        encode: Encoder<P>,
+    ) -> (Self, Released<P>) {
+        let hold = Hold {
+            source,
+            held: Mutex::new(Vec::new()),
+            count: AtomicUsize::new(0),
+            encode,
+            checkpoints: checkpoints.clone(),
+        };
+        let (tracker, released) = Self::build(halted, Some(hold));
+        checkpoints.register(Arc::new(Registered(tracker.inner.clone())));
+        (tracker, released)
+    }
+
+    fn build(halted: Arc<AtomicBool>, hold: Option<Hold<P>>) -> (Self, Released<P>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let inner = TrackerInner {
             partitions: Mutex::new(HashMap::new()),
@@ -198,6 +240,7 @@ impl<P: Send + 'static> AckTracker<P> {
             halted,
             idle: Notify::new(),
             progress: Notify::new(),
+            hold,
         };
         (AckTracker { inner: Arc::new(inner) }, rx)
     }
@@ -231,12 +274,20 @@ impl<P: Send + 'static> AckTracker<P> {
         self.inner.outstanding.load(Ordering::Acquire)
     }
 
-    /// Waits until every registered batch is done, or the pipeline halted.
+    /// Waits until every registered batch is done and its position
+    /// released to the source (with checkpoints: made durable by one), or
+    /// the pipeline halted.
     pub async fn wait_idle(&self) {
         loop {
             let notified = self.inner.idle.notified();
             if self.outstanding() == 0 || self.inner.halted.load(Ordering::Acquire) {
                 return;
+            }
+            if let Some(hold) = &self.inner.hold
+                && self.inner.in_flight() == 0
+            {
+                // Only held positions are left: ask for their checkpoint.
+                hold.checkpoints.request();
             }
             notified.await;
         }
@@ -248,9 +299,15 @@ impl<P: Send + 'static> AckTracker<P> {
         self.inner.progress.notify_waiters();
     }
 
-    /// Batches of `partition` registered and not yet released.
+    /// Batches of `partition` registered and not yet released (with
+    /// checkpoints: or released and held).
     pub fn outstanding_in(&self, partition: u32) -> usize {
-        self.inner.partitions.lock().get(&partition).map_or(0, |queue| queue.batches.len())
+        let queued = self.inner.partitions.lock().get(&partition).map_or(0, |queue| queue.batches.len());
+        queued + self.held_in(partition)
+    }
+
+    fn held_in(&self, partition: u32) -> usize {
+        self.inner.hold.as_ref().map_or(0, |hold| hold.held.lock().iter().filter(|(p, _)| *p == partition).count())
     }
 
     /// Waits until every registered batch of `partition` is done and its
@@ -262,6 +319,11 @@ impl<P: Send + 'static> AckTracker<P> {
             let notified = self.inner.progress.notified();
             if self.outstanding_in(partition) == 0 || self.inner.halted.load(Ordering::Acquire) {
                 return;
+            }
+            if let Some(hold) = &self.inner.hold
+                && self.outstanding_in(partition) == self.held_in(partition)
+            {
+                hold.checkpoints.request();
             }
             notified.await;
         }
@@ -283,26 +345,123 @@ impl<P: Send + 'static> Completer for TrackerInner<P> {
             entry.1 = true;
         }
         let mut released = 0;
+        let mut pushed = 0;
+        let mut held = self.hold.as_ref().map(|hold| hold.held.lock());
         while queue.batches.front().is_some_and(|(_, done)| *done) {
             let (position, _) = queue.batches.pop_front().expect("front exists");
             queue.front_seq += 1;
             released += 1;
-            if let Some(position) = position {
+            match (position, held.as_mut()) {
+                // Held for the next checkpoint; still outstanding.
+                (Some(position), Some(held)) => {
+                    held.push((partition, position));
+                    pushed += 1;
+                }
                 // The source may have stopped listening during shutdown; the
                 // position is then simply not committed (at-least-once).
-                let _ = self.released.send((partition, position));
+                (Some(position), None) => drop(self.released.send((partition, position))),
+                (None, _) => {}
             }
         }
+        if let Some(hold) = &self.hold {
+            hold.count.fetch_add(pushed, Ordering::AcqRel);
+        }
+        drop(held);
         drop(partitions);
-        if released > 0 && self.outstanding.fetch_sub(released, Ordering::AcqRel) == released {
+        if released == 0 {
+            return;
+        }
+        let gone = released - pushed;
+        if gone > 0 && self.outstanding.fetch_sub(gone, Ordering::AcqRel) == gone {
             self.idle.notify_waiters();
         }
-        if released > 0 {
-            self.progress.notify_waiters();
+        if pushed > 0 {
+            // Into the hold: wake the idle waiters to ask for a checkpoint.
+            self.idle.notify_waiters();
         }
+        self.progress.notify_waiters();
     }
 }
 
+impl<P> TrackerInner<P> {
+    /// Batches registered and neither released nor held.
+    fn in_flight(&self) -> usize {
+        let held = self.hold.as_ref().map_or(0, |hold| hold.count.load(Ordering::Acquire));
+        self.outstanding.load(Ordering::Acquire).saturating_sub(held)
+    }
+}
+
+/// A checkpointed tracker as the checkpoint coordinator holds it.
+struct Registered<P>(Arc<TrackerInner<P>>);
+
+impl<P: Send + 'static> Holding for Registered<P> {
+    fn in_flight(&self) -> usize {
+        self.0.in_flight()
+    }
+
+    fn settled(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        Box::pin(async move {
+            loop {
+                let notified = self.0.progress.notified();
+                if self.0.in_flight() == 0 || self.0.halted.load(Ordering::Acquire) {
+                    return;
+                }
+                notified.await;
+            }
+        })
+    }
+
+    fn take(&self) -> Box<dyn Taken> {
+        let hold = self.0.hold.as_ref().expect("only checkpointed trackers are registered");
+        let positions = std::mem::take(&mut *hold.held.lock());
+        let mut by_partition: Vec<(u32, Vec<&P>)> = Vec::new();
+        for (partition, position) in &positions {
+            match by_partition.iter_mut().find(|(p, _)| p == partition) {
+                Some((_, list)) => list.push(position),
+                None => by_partition.push((*partition, vec![position])),
+            }
+        }
+        let records = by_partition
+            .into_iter()
+            .filter_map(|(partition, list)| (hold.encode)(partition, &list))
+            .map(|(key, value)| PositionRecord { source: hold.source.to_string(), key, value })
+            .collect();
+        Box::new(TakenPositions { tracker: self.0.clone(), positions, records })
+    }
+}
+
+/// Positions taken for a checkpoint; still outstanding until published.
+struct TakenPositions<P> {
+    tracker: Arc<TrackerInner<P>>,
+    positions: Vec<(u32, P)>,
+    records: Vec<PositionRecord>,
+}
+
+impl<P: Send + 'static> Taken for TakenPositions<P> {
+    fn records(&self) -> Vec<PositionRecord> {
+        self.records.clone()
+    }
+
+    fn publish(self: Box<Self>) {
+        let tracker = self.tracker;
+        let n = self.positions.len();
+        if n == 0 {
+            return;
+        }
+        for position in self.positions {
+            // A source that already stopped commits nothing more; the
+            // recorded position is re-applied by the next run.
+            let _ = tracker.released.send(position);
+        }
+        if let Some(hold) = &tracker.hold {
+            hold.count.fetch_sub(n, Ordering::AcqRel);
+        }
+        if tracker.outstanding.fetch_sub(n, Ordering::AcqRel) == n {
+            tracker.idle.notify_waiters();
+        }
+        tracker.progress.notify_waiters();
+    }
+}
 #[cfg(test)]
 mod tests {
     use super::*;

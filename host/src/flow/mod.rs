@@ -3,6 +3,7 @@
 //!
 //! - [`ack`]: ack tokens and the per-partition watermark tracker.
 //! - [`batch`]: batches in flight and the size/time batcher.
+//! - [`checkpoint`]: stage state and source positions made durable together.
 //! - [`budget`]: the in-flight memory budget (backpressure in bytes).
 //! - [`control`]: stop and halt, shared by every task.
 //! - [`dead_letter`]: the dead-letter channel.
@@ -16,6 +17,7 @@ pub mod ack;
 pub mod backoff;
 pub mod batch;
 pub mod budget;
+pub mod checkpoint;
 pub mod control;
 pub mod dead_letter;
 pub mod source;

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use super::ack::{AckToken, AckTracker, Released};
 use super::batch::Batch;
 use super::budget::{InFlightBudget, Reservation, weigh};
+use super::checkpoint::{Checkpoints, Encoder};
 use super::control::Control;
 use super::dead_letter::DeadLetter;
 use crate::message::Message;
@@ -77,6 +78,7 @@ pub struct SourceContext {
     dead_letter: DeadLetter,
     budget: InFlightBudget,
     stats: Arc<SourceStats>,
+    checkpoints: Option<Checkpoints>,
 }
 
 impl SourceContext {
@@ -97,7 +99,14 @@ impl SourceContext {
             dead_letter,
             budget,
             stats: Arc::default(),
+            checkpoints: None,
         }
+    }
+
+    /// The same context in a pipeline whose state is checkpointed.
+    pub fn with_checkpoints(mut self, checkpoints: Checkpoints) -> Self {
+        self.checkpoints = Some(checkpoints);
+        self
     }
 
     /// The source's name.
@@ -116,6 +125,26 @@ impl SourceContext {
         AckTracker::new(self.halted.clone())
     }
 
+    /// A tracker for a source with positions a restart can return to. In a
+    /// checkpointed pipeline its positions reach the source only once a
+    /// checkpoint made them durable together with the state they produced,
+    /// and `encode` says how they are recorded (see [`SourceContext::restored`]);
+    /// otherwise it is [`SourceContext::tracker`].
+    pub fn checkpointed_tracker<P: Send + 'static>(&self, encode: Encoder<P>) -> (AckTracker<P>, Released<P>) {
+        match &self.checkpoints {
+            Some(checkpoints) => AckTracker::checkpointed(self.halted.clone(), checkpoints, self.name.clone(), encode),
+            None => self.tracker(),
+        }
+    }
+
+    /// The positions recorded for this source by the last checkpoint of the
+    /// previous run, as `encode` made them (key, value): the source
+    /// re-applies them before it reads (the broker may have missed the
+    /// commit that followed that checkpoint). Empty without checkpoints.
+    pub fn restored(&self) -> &[(String, Vec<u8>)] {
+        self.checkpoints.as_ref().map_or(&[], |c| c.restored(&self.name))
+    }
+
     /// Registers what was read at `position` of `partition` with `tracker`,
     /// dead-letters the rejected inputs and hands the messages on. The
     /// position is released once all of it is done.
@@ -126,6 +155,14 @@ impl SourceContext {
         position: P,
         read: Read,
     ) -> Result<(), Stopped> {
+        // A checkpoint under way holds new batches back at its gate.
+        let _pass = match &self.checkpoints {
+            Some(checkpoints) => tokio::select! {
+                pass = checkpoints.pass() => Some(pass),
+                _ = self.halt_signal.cancelled() => return Err(Stopped),
+            },
+            None => None,
+        };
         let token = tracker.register(partition, position, read.len());
         for (message, reason) in read.rejected {
             tracing::warn!(source = self.name(), "{reason}");

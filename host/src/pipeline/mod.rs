@@ -29,9 +29,10 @@ use crate::connectors::{self, SinkSpec, SourceSpec};
 use crate::flow::SourceContext;
 use crate::flow::batch::{Batch, BatchPolicy};
 use crate::flow::budget::InFlightBudget;
+use crate::flow::checkpoint::{CheckpointStore, Checkpoints};
 use crate::flow::control::Control;
 use crate::flow::dead_letter::DeadLetter;
-use crate::plugin::state::{self, StageState};
+use crate::plugin::state::{PipelineState, StageState};
 use crate::plugin::swap::HotPlugin;
 use crate::plugin::{Runtime, StageContext};
 use crate::store::StateStore;
@@ -44,8 +45,6 @@ use stage::{ErrorPolicy, Stage, StageStats, Worker};
 
 /// Batches buffered between two steps (per channel): bounds memory.
 const CHANNEL_BATCHES: usize = 4;
-/// How often stage state is saved while running.
-const STATE_SAVE_INTERVAL: Duration = Duration::from_secs(5);
 
 /// A pipeline that passed every check and is ready to run.
 pub struct Pipeline {
@@ -57,6 +56,17 @@ pub struct Pipeline {
     drain_timeout: Duration,
     budget: InFlightBudget,
     telemetry: Option<Arc<Telemetry>>,
+    /// The stages' state store and how often it is checkpointed; `None`
+    /// without stages.
+    checkpointing: Option<Checkpointing>,
+}
+
+/// A pipeline's checkpoint settings and what its last run recorded.
+struct Checkpointing {
+    store: Arc<StateStore>,
+    interval: Duration,
+    /// Source name → positions recorded by the last checkpoint.
+    restored: HashMap<String, Vec<(String, Vec<u8>)>>,
 }
 
 struct PreparedStage {
@@ -190,7 +200,29 @@ impl Pipeline {
         let watched = config.stages.iter().filter(|s| s.watch).map(|s| s.name.clone()).collect();
         let drain_timeout = config.shutdown.drain_timeout();
         let budget = InFlightBudget::new(config.memory.max_in_flight_bytes());
-        Ok(Pipeline { sources, stages, sinks, dead_letter, watched, drain_timeout, budget, telemetry: None })
+        let checkpointing = match store {
+            Some(store) => {
+                let mut restored: HashMap<String, Vec<(String, Vec<u8>)>> = HashMap::new();
+                for record in store.all_positions().map_err(|e| ConfigError::new(e.to_string()))? {
+                    if let Some(value) = record.value {
+                        restored.entry(record.source).or_default().push((record.key, value));
+                    }
+                }
+                Some(Checkpointing { store, interval: config.state.checkpoint_interval(), restored })
+            }
+            None => None,
+        };
+        Ok(Pipeline {
+            sources,
+            stages,
+            sinks,
+            dead_letter,
+            watched,
+            drain_timeout,
+            budget,
+            telemetry: None,
+            checkpointing,
+        })
     }
 
     /// The swappable plugins of the WASM stages (hot swap, admin API).
@@ -383,10 +415,25 @@ impl Pipeline {
             }
             Ok(())
         });
+        // Checkpoints tie the stages' state to the source positions it covers.
+        let checkpoints = self.checkpointing.map(|c| {
+            let checkpoints = Checkpoints::new(c.restored);
+            let state: Arc<dyn CheckpointStore> = Arc::new(PipelineState::new(c.store, states.clone()));
+            let stop = CancellationToken::new();
+            let coordinator = tokio::spawn({
+                let (checkpoints, state, stop) = (checkpoints.clone(), state.clone(), stop.clone());
+                let halt = control.halt_signal().clone();
+                async move { checkpoints.run(c.interval, state, stop, halt).await }
+            });
+            (checkpoints, state, stop, coordinator)
+        });
         let mut source_tasks = tokio::task::JoinSet::new();
         for (name, spec) in self.sources {
-            let ctx =
+            let mut ctx =
                 SourceContext::new(name.clone(), source_tx.clone(), &control, dead_letter.clone(), self.budget.clone());
+            if let Some((checkpoints, ..)) = &checkpoints {
+                ctx = ctx.with_checkpoints(checkpoints.clone());
+            }
             if let Some(t) = &telemetry {
                 t.source(&name, ctx.stats());
             }
@@ -397,17 +444,6 @@ impl Pipeline {
         }
         drop(source_tx);
         drop(dead_letter);
-
-        let saver = tokio::spawn({
-            let states = states.clone();
-            async move {
-                let mut interval = tokio::time::interval(STATE_SAVE_INTERVAL);
-                loop {
-                    interval.tick().await;
-                    save_states(&states);
-                }
-            }
-        });
 
         let finished = {
             let control = control.clone();
@@ -457,8 +493,11 @@ impl Pipeline {
                 ));
             }
         }
-        saver.abort();
-        save_states(&states);
+        if let Some((checkpoints, state, stop, coordinator)) = checkpoints {
+            stop.cancel();
+            let _ = coordinator.await;
+            checkpoints.finish(state.as_ref());
+        }
 
         report.halted = control.halt_reason();
         report.sinks = sink_stats.iter().map(|(n, s)| (n.clone(), s.written.load(Ordering::Relaxed))).collect();
@@ -524,14 +563,6 @@ fn flatten(result: Result<Result<()>, tokio::task::JoinError>) -> Option<String>
         Ok(Ok(())) => None,
         Ok(Err(e)) => Some(format!("{e:#}")),
         Err(e) => Some(format!("a pipeline task failed: {e}")),
-    }
-}
-
-/// Saves what every stage changed since the last save, in one transaction.
-fn save_states(states: &[Arc<StageState>]) {
-    if let Err(e) = state::save_all(states.iter().map(|s| s.as_ref())) {
-        // The changes are kept and tried again at the next save.
-        tracing::error!("saving stage state: {e}");
     }
 }
 

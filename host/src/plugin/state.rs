@@ -16,7 +16,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::{Context, Result};
 use parking_lot::Mutex;
 
-use crate::store::{Changes, StateStore, StoreError};
+use crate::flow::checkpoint::CheckpointStore;
+use crate::store::{Changes, PositionRecord, StateStore, StoreError};
 
 /// A stage's key-value state.
 #[derive(Debug)]
@@ -164,6 +165,11 @@ impl StageState {
         self.entries.lock().changed.extend(changes.into_iter().map(|(key, _)| key));
     }
 
+    /// Whether a key changed since the last save.
+    pub fn has_changes(&self) -> bool {
+        !self.entries.lock().changed.is_empty()
+    }
+
     /// Writes what changed since the last save to the store (one stage;
     /// a pipeline saves all its stages together with [`save_all`]).
     pub fn save(&self) -> Result<(), StoreError> {
@@ -180,15 +186,47 @@ impl StageState {
 /// either all stages' changes of a checkpoint are saved or none. (All the
 /// states of one pipeline share its store.)
 pub fn save_all<'a>(states: impl IntoIterator<Item = &'a StageState>) -> Result<(), StoreError> {
+    let states: Vec<&StageState> = states.into_iter().collect();
+    let Some((store, _)) = states.iter().find_map(|s| s.target()) else { return Ok(()) };
+    checkpoint_all(store, &states, &[])
+}
+
+/// Writes the changes of every state and `positions` in one transaction;
+/// on failure the changes are kept for the next try.
+fn checkpoint_all(store: &StateStore, states: &[&StageState], positions: &[PositionRecord]) -> Result<(), StoreError> {
     let taken: Vec<(&StageState, &str, Changes)> =
-        states.into_iter().filter_map(|s| s.target().map(|(_, stage)| (s, stage, s.take_changes()))).collect();
-    let Some((store, _)) = taken.first().and_then(|(s, _, _)| s.target()) else { return Ok(()) };
+        states.iter().filter_map(|s| s.target().map(|(_, stage)| (*s, stage, s.take_changes()))).collect();
     let batch: Vec<(&str, &Changes)> = taken.iter().map(|(_, stage, c)| (*stage, c)).collect();
-    store.commit(&batch).inspect_err(|_| {
+    store.checkpoint(&batch, positions).inspect_err(|_| {
         for (state, _, changes) in taken {
             state.restore_changes(changes);
         }
     })
+}
+
+/// The state of a pipeline's stages, as its checkpoints see it.
+pub struct PipelineState {
+    store: Arc<StateStore>,
+    states: Vec<Arc<StageState>>,
+}
+
+impl PipelineState {
+    /// The stages' `states`, saved in `store`.
+    pub fn new(store: Arc<StateStore>, states: Vec<Arc<StageState>>) -> Self {
+        PipelineState { store, states }
+    }
+}
+
+impl CheckpointStore for PipelineState {
+    fn has_changes(&self) -> bool {
+        self.states.iter().any(|s| s.has_changes())
+    }
+
+    fn commit(&self, positions: &[PositionRecord], with_state: bool) -> Result<(), String> {
+        let states: Vec<&StageState> =
+            if with_state { self.states.iter().map(Arc::as_ref).collect() } else { Vec::new() };
+        checkpoint_all(&self.store, &states, positions).map_err(|e| e.to_string())
+    }
 }
 
 fn read_legacy_file(path: &Path) -> Result<HashMap<Vec<u8>, Vec<u8>>> {

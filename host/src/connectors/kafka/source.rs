@@ -70,6 +70,11 @@ struct Shared {
     state: Mutex<State>,
     handle: Handle,
     source: String,
+    /// Offsets the last checkpoint of the previous run recorded, by
+    /// partition: a partition assigned for the first time starts there when
+    /// the group's committed offset is behind (the commit that followed the
+    /// checkpoint did not reach the broker before a crash).
+    restored: Mutex<HashMap<u32, i64>>,
 }
 
 #[derive(Default)]
@@ -262,6 +267,7 @@ impl KafkaContext {
                 if let Start::At(ts) = shared.start {
                     position_by_time(shared, consumer, tpl, ts);
                 }
+                position_by_checkpoint(shared, consumer, tpl);
                 let ids = shared.ids(tpl);
                 {
                     let mut state = shared.state.lock();
@@ -347,6 +353,46 @@ impl KafkaContext {
 
 fn block_on<F: Future>(handle: &Handle, future: F) -> F::Output {
     handle.block_on(future)
+}
+
+/// Starts newly assigned partitions at the offset the last checkpoint
+/// recorded, where the group's committed offset is behind it (once per
+/// partition and run).
+fn position_by_checkpoint(shared: &Shared, consumer: &BaseConsumer<KafkaContext>, tpl: &mut TopicPartitionList) {
+    let recorded: Vec<(u32, i64)> = {
+        let mut restored = shared.restored.lock();
+        if restored.is_empty() {
+            return;
+        }
+        shared.ids(tpl).into_iter().filter_map(|id| Some((id, restored.remove(&id)?))).collect()
+    };
+    if recorded.is_empty() {
+        return;
+    }
+    let committed = match consumer.committed_offsets(tpl.clone(), LOOKUP_TIMEOUT) {
+        Ok(committed) => committed,
+        Err(e) => {
+            // Without the committed offsets, the recorded ones are the truth.
+            tracing::warn!(source = %shared.source, "cannot read committed offsets ({e}); starting at the checkpoint's");
+            TopicPartitionList::new()
+        }
+    };
+    for (id, offset) in recorded {
+        let (topic, partition) = shared.topic_partition(id);
+        let group = committed.find_partition(topic, partition).and_then(|e| match e.offset() {
+            Offset::Offset(o) => Some(o),
+            _ => None,
+        });
+        if group.is_none_or(|g| g < offset) {
+            tracing::info!(
+                source = %shared.source,
+                "{topic}/{partition} starts at offset {offset}, where the last checkpoint left it (the group's \
+                 committed offset is {})",
+                group.map_or_else(|| "unset".to_string(), |g| g.to_string())
+            );
+            let _ = tpl.set_partition_offset(topic, partition, Offset::Offset(offset));
+        }
+    }
 }
 
 /// Sets the start offset of newly assigned partitions that have no committed
@@ -461,7 +507,16 @@ impl ErrorLog {
 impl Source for KafkaSource {
     async fn run(self: Box<Self>, ctx: SourceContext) -> Result<()> {
         let spec = self.spec;
-        let (tracker, released) = ctx.tracker::<i64>();
+        // A checkpoint records the next offset to read per partition.
+        let (tracker, released) = ctx.checkpointed_tracker::<i64>({
+            let topics = spec.topics.clone();
+            Box::new(move |id, offsets| {
+                let topic = &topics[(id >> PARTITION_BITS) as usize];
+                let partition = id & ((1 << PARTITION_BITS) - 1);
+                let next = offsets.iter().map(|o| **o).max()?;
+                Some((format!("{topic}/{partition}"), Some(next.to_string().into_bytes())))
+            })
+        });
         let shared = Arc::new(Shared {
             topics: spec.topics.clone(),
             start: spec.start,
@@ -470,7 +525,17 @@ impl Source for KafkaSource {
             state: Mutex::new(State::default()),
             handle: Handle::current(),
             source: ctx.name().to_string(),
+            restored: Mutex::default(),
         });
+        *shared.restored.lock() = ctx
+            .restored()
+            .iter()
+            .filter_map(|(key, value)| {
+                let (topic, partition) = key.rsplit_once('/')?;
+                let id = shared.id(topic, partition.parse().ok()?)?;
+                Some((id, std::str::from_utf8(value).ok()?.parse().ok()?))
+            })
+            .collect();
         let consumer: Arc<StreamConsumer<KafkaContext>> = Arc::new(
             spec.client_config()
                 .create_with_context(KafkaContext { shared: shared.clone() })

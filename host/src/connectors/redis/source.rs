@@ -58,7 +58,16 @@ impl Source for RedisSource {
     async fn run(self: Box<Self>, ctx: SourceContext) -> Result<()> {
         let spec = Arc::new(self.spec);
         let client = spec.endpoint.client()?;
-        let (tracker, released) = ctx.tracker::<Vec<String>>();
+        // A checkpoint records, per stream, the IDs it covers: a restart
+        // acknowledges them first (the XACK after the checkpoint may not
+        // have been sent before a crash).
+        let (tracker, released) = ctx.checkpointed_tracker::<Vec<String>>({
+            let streams = spec.streams.clone();
+            Box::new(move |stream, batches| {
+                let ids: Vec<&str> = batches.iter().flat_map(|ids| ids.iter().map(String::as_str)).collect();
+                Some((streams[stream as usize].clone(), Some(ids.join(" ").into_bytes())))
+            })
+        });
         let in_flight: InFlight = Arc::new(Mutex::new(vec![HashSet::new(); spec.streams.len()]));
         let finish = CancellationToken::new();
         let acker = tokio::spawn(acknowledge(
@@ -116,9 +125,15 @@ impl Reader<'_> {
             let mut c = match conn.clone() {
                 Some(c) => c,
                 None => match self.setup().await {
-                    Ok(c) => {
+                    Ok(mut c) => {
                         if !first_connect {
                             tracing::info!(source = self.ctx.name(), "reconnected to {}", spec.endpoint.display());
+                        } else if let Err(e) = self.acknowledge_restored(&mut c).await {
+                            tracing::warn!(source = self.ctx.name(), "Redis read failed, reconnecting: {e}");
+                            if !backoff.sleep(&stop).await {
+                                return Ok(());
+                            }
+                            continue;
                         }
                         first_connect = false;
                         conn = Some(c.clone());
@@ -223,6 +238,31 @@ impl Reader<'_> {
             }
         }
         Ok(conn)
+    }
+
+    /// Acknowledges the entries the last checkpoint of the previous run
+    /// covered: their effects are in the saved state, so they must not be
+    /// read again.
+    async fn acknowledge_restored(&self, conn: &mut MultiplexedConnection) -> Result<(), RedisError> {
+        let mut acknowledged = 0;
+        for (stream, ids) in self.ctx.restored() {
+            if !self.spec.streams.contains(stream) {
+                continue;
+            }
+            let ids: Vec<&str> = std::str::from_utf8(ids).unwrap_or_default().split_whitespace().collect();
+            for chunk in ids.chunks(1000) {
+                let done: usize =
+                    ::redis::cmd("XACK").arg(stream).arg(&self.spec.group).arg(chunk).query_async(conn).await?;
+                acknowledged += done;
+            }
+        }
+        if acknowledged > 0 {
+            tracing::info!(
+                source = self.ctx.name(),
+                "acknowledged {acknowledged} entries that the last checkpoint covered but Redis still held pending"
+            );
+        }
+        Ok(())
     }
 
     /// A page of this consumer's own pending entries, from `cursors`.
