@@ -387,7 +387,14 @@ impl Weir {
     }
 
     fn spawn(args: &[&str]) -> Weir {
+        Weir::spawn_in(args, Path::new("."))
+    }
+
+    /// `weir` with `args`, run in `dir` (a relay keeps its stage state in
+    /// `.weir/state` there).
+    fn spawn_in(args: &[&str], dir: &Path) -> Weir {
         let mut child = support::weir()
+            .current_dir(dir)
             .args(args)
             .env("WEIR_LOG", "info")
             .stdin(Stdio::null())
@@ -880,7 +887,7 @@ fn relay_with_kafka_on_either_side() {
     let plugin = plugin("passthrough");
     let file_out = format!("file://{}", output.display());
     let args = ["relay", "--input", &from_kafka, "--plugin", plugin.to_str().unwrap(), "--output", &file_out];
-    let mut second = Weir::spawn(&args);
+    let mut second = Weir::spawn_in(&args, &scratch.path(""));
     wait_committed(&broker, "relay", "relay-mid", || second.log(), Duration::from_secs(300));
     second.stop();
     let mut out: Vec<(String, String, u64)> = scratch

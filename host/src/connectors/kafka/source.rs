@@ -383,6 +383,19 @@ fn position_by_checkpoint(shared: &Shared, consumer: &BaseConsumer<KafkaContext>
             Offset::Offset(o) => Some(o),
             _ => None,
         });
+        // A recorded offset past the partition's end belongs to another
+        // history of the topic (recreated, another cluster): not this one.
+        let end = consumer.fetch_watermarks(topic, partition, LOOKUP_TIMEOUT).map(|(_, high)| high);
+        if let Ok(end) = end
+            && offset > end
+        {
+            tracing::warn!(
+                source = %shared.source,
+                "ignoring the checkpoint's offset {offset} of {topic}/{partition}: the partition ends at {end} (was \
+                 the topic recreated? `weir state reset FILE --positions` forgets recorded positions)"
+            );
+            continue;
+        }
         if group.is_none_or(|g| g < offset) {
             tracing::info!(
                 source = %shared.source,
