@@ -406,14 +406,15 @@ checkpoint_interval_ms = 20
     );
     let file = pipeline.to_str().unwrap();
     let expected = |runs: u64| -> BTreeMap<String, u64> {
-        (0..KEYS).map(|k| (format!("k{k}"), runs * (0..LINES).filter(|i| i % KEYS == k).count() as u64)).collect()
+        counts_per_key(LINES, KEYS, "k").into_iter().map(|(key, count)| (key, runs * count)).collect()
     };
     let mut kills = 0;
     let mut resumed = 0;
     loop {
         let mut running = Running::start(&["run", file]);
         running.wait_for_log(RUN_LIMIT, "the plugin to load", |log| log.contains("plugin loaded"));
-        std::thread::sleep(Duration::from_millis(random_in(100..400)));
+        // A random kill moment, unless the run finishes first.
+        let _ = wait_until(Duration::from_millis(random_in(100..400)), || !running.is_running());
         if !running.is_running() || kills == 4 {
             let (code, log, _) = running.wait(RUN_LIMIT);
             assert_eq!(code, Some(0), "{log}");

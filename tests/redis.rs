@@ -14,7 +14,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis::{Commands, Value};
 use support::{
-    Metrics, Scratch, free_port, plugin, random_in, redis_server, run_weir, saved_counts, text, wait_until, weir,
+    Metrics, Scratch, counts_per_key, free_port, plugin, random_in, redis_server, run_weir, saved_counts, text,
+    wait_until, weir,
 };
 
 const SHARED: &str = "127.0.0.1:6379";
@@ -430,8 +431,7 @@ fn keyed_counts_are_exact_after_repeated_kill_9() {
     last.stop();
 
     let counts = saved_counts(&pipeline, "count");
-    let expected: BTreeMap<String, u64> =
-        (0..KEYS).map(|k| (format!("k{k}"), (0..N).filter(|i| i % KEYS == k).count() as u64)).collect();
+    let expected = counts_per_key(N, KEYS, "k");
     println!("killed with SIGKILL after the group had read {kills:?} of {N} entries");
     assert_eq!(counts, expected, "every key counted exactly once per entry across five kill -9 restarts");
 }

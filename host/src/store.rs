@@ -227,14 +227,7 @@ impl StateStore {
     /// Forgets every recorded source position (the next run starts where
     /// the brokers' committed positions say); returns how many there were.
     pub fn reset_positions(&self) -> Result<u64, StoreError> {
-        let write = self.db.begin_write().map_err(|e| self.storage(e))?;
-        let count = match write.open_table(POSITIONS) {
-            Ok(table) => table.len().map_err(|e| self.storage(e))?,
-            Err(e) => return Err(self.storage(e)),
-        };
-        write.delete_table(POSITIONS).map_err(|e| self.storage(e))?;
-        write.commit().map_err(|e| self.storage(e))?;
-        Ok(count)
+        self.drop_table(POSITIONS)
     }
 
     /// The stages with saved state, with their sizes.
@@ -259,12 +252,16 @@ impl StateStore {
     /// Drops everything `stage` holds; returns how many keys it had.
     pub fn reset(&self, stage: &str) -> Result<u64, StoreError> {
         let name = table_name(stage);
-        let definition = TableDefinition::<&[u8], &[u8]>::new(&name);
+        self.drop_table(TableDefinition::<&[u8], &[u8]>::new(&name))
+    }
+
+    /// Deletes a table in one transaction; returns how many keys it had.
+    fn drop_table<K: redb::Key + 'static, V: redb::Value + 'static>(
+        &self,
+        definition: TableDefinition<K, V>,
+    ) -> Result<u64, StoreError> {
         let write = self.db.begin_write().map_err(|e| self.storage(e))?;
-        let keys = match write.open_table(definition) {
-            Ok(table) => table.len().map_err(|e| self.storage(e))?,
-            Err(e) => return Err(self.storage(e)),
-        };
+        let keys = write.open_table(definition).and_then(|t| Ok(t.len()?)).map_err(|e| self.storage(e))?;
         write.delete_table(definition).map_err(|e| self.storage(e))?;
         write.commit().map_err(|e| self.storage(e))?;
         Ok(keys)

@@ -776,6 +776,11 @@ pub fn saved_counts(pipeline: &Path, stage: &str) -> std::collections::BTreeMap<
     counts
 }
 
+/// Messages per key when messages `0..n` are keyed `{prefix}{i % keys}`.
+pub fn counts_per_key(n: u64, keys: u64, prefix: &str) -> std::collections::BTreeMap<String, u64> {
+    (0..keys).map(|k| (format!("{prefix}{k}"), n / keys + u64::from(k < n % keys))).collect()
+}
+
 /// A number in `range`, different from run to run (random kill moments).
 pub fn random_in(range: std::ops::Range<u64>) -> u64 {
     use std::hash::{BuildHasher, Hasher};

@@ -189,7 +189,8 @@ struct Hold<P> {
     /// Released positions, in release order; they still count as
     /// outstanding (the source has not got them).
     held: Mutex<Vec<(u32, P)>>,
-    /// `held.len()`, readable without the lock.
+    /// Positions held or taken by a checkpoint and not yet published: the
+    /// part of `outstanding` that is no longer in flight.
     count: AtomicUsize,
     encode: Encoder<P>,
     checkpoints: Checkpoints,
