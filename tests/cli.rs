@@ -198,6 +198,22 @@ fn run_refuses_an_unknown_stage_key() {
 }
 
 #[test]
+fn run_refuses_exactly_once_unless_every_end_is_kafka() {
+    let exactly_once =
+        |source: &str| format!("delivery = \"exactly-once\"\n{}", pipeline(source, &passthrough(), "", ""));
+    let message = run_refuses_at(&exactly_once("kafka://127.0.0.1:9092/in"), 13);
+    assert_eq!(
+        message,
+        "sink `out` `null://` is not Kafka: `delivery = \"exactly-once\"` needs Kafka on both ends (kafka:// sources, \
+         sinks and dead letter)"
+    );
+    let message = run_refuses_at(&exactly_once("gen://?count=1"), 4);
+    assert!(message.starts_with("source `in` `gen://?count=1` is not Kafka"), "{message}");
+    let message = run_refuses_at("delivery = \"twice\"\n", 1);
+    assert!(message.contains("unknown variant `twice`"), "{message}");
+}
+
+#[test]
 fn run_refuses_an_unknown_connector() {
     let text = pipeline("nosuch://x", &passthrough(), "", "");
     let message = run_refuses_at(&text, 3);

@@ -37,6 +37,8 @@ const PARTITIONS: i32 = 6;
 enum Backend {
     Nisshi(Child),
     Mock(MockCluster<'static, DefaultProducerContext>),
+    /// crabka-broker (transactions) and its log folder.
+    Crabka(Child, #[allow(dead_code, reason = "held to delete the folder on drop")] tempfile::TempDir),
 }
 
 /// A running broker and a small runtime for the async client calls.
@@ -51,7 +53,7 @@ struct Broker {
 impl Drop for Broker {
     fn drop(&mut self) {
         self.lookups.borrow_mut().clear();
-        if let Backend::Nisshi(child) = &mut self.backend {
+        if let Backend::Nisshi(child) | Backend::Crabka(child, _) = &mut self.backend {
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -89,6 +91,43 @@ impl Broker {
         broker
     }
 
+    /// crabka-broker on its own loopback address (its controller port is
+    /// fixed, so brokers in parallel need different IPs); `None`, said
+    /// loudly, when the binary is missing outside CI.
+    fn crabka() -> Option<Broker> {
+        static NEXT_IP: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(2);
+        let binary = support::crabka_broker()?;
+        let ip = format!("127.0.0.{}", NEXT_IP.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        let port = free_port();
+        let dir = tempfile::tempdir().expect("broker folder");
+        let uuid = std::fs::read_to_string("/proc/sys/kernel/random/uuid").expect("a random UUID");
+        let meta = format!(r#"{{"directory_id":"{}","version":1}}"#, uuid.trim());
+        std::fs::write(dir.path().join("meta.properties.json"), meta).expect("writing meta.properties.json");
+        let child = Command::new(binary)
+            .args(["--listen-addr", &format!("{ip}:{port}"), "--metrics-listen-addr", "none", "--log-dir"])
+            .arg(dir.path())
+            .env("CRABKA_TRANSACTION_VERSION", "0")
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting crabka-broker");
+        let broker = Broker {
+            addr: format!("{ip}:{port}"),
+            backend: Backend::Crabka(child, dir),
+            rt: runtime(),
+            lookups: Default::default(),
+        };
+        let consumer = broker.lookup(None);
+        assert!(
+            wait_until(Duration::from_secs(30), || consumer.fetch_metadata(None, Duration::from_secs(1)).is_ok()),
+            "crabka-broker did not answer on {}",
+            broker.addr
+        );
+        Some(broker)
+    }
+
     fn mock() -> Broker {
         let cluster = MockCluster::new(1).expect("starting librdkafka's built-in cluster");
         Broker {
@@ -103,6 +142,7 @@ impl Broker {
         match self.backend {
             Backend::Nisshi(_) => "nisshi",
             Backend::Mock(_) => "built-in cluster",
+            Backend::Crabka(..) => "crabka-broker",
         }
     }
 
@@ -128,13 +168,26 @@ impl Broker {
     fn create_topic(&self, name: &str, partitions: i32) {
         match &self.backend {
             Backend::Mock(cluster) => cluster.create_topic(name, partitions, 1).expect("creating a topic"),
-            Backend::Nisshi(_) => {
+            Backend::Nisshi(_) | Backend::Crabka(..) => {
                 let admin: AdminClient<DefaultClientContext> = self.config().create().expect("admin client");
                 let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
-                let results =
-                    self.rt.block_on(admin.create_topics([&topic], &AdminOptions::new())).expect("creating a topic");
-                for result in results {
-                    result.unwrap_or_else(|(topic, e)| panic!("creating topic {topic}: {e}"));
+                // crabka-broker refuses creation until its controller is up.
+                let mut attempts = 0;
+                loop {
+                    let results = self.rt.block_on(admin.create_topics([&topic], &AdminOptions::new()));
+                    let failure = match results {
+                        Ok(results) => results.into_iter().find_map(|r| r.err()).map(|(t, e)| format!("{t}: {e}")),
+                        Err(e) => Some(e.to_string()),
+                    };
+                    match failure {
+                        None => break,
+                        Some(f) if f.contains("TopicAlreadyExists") => break,
+                        Some(_) if attempts < 50 => {
+                            attempts += 1;
+                            std::thread::sleep(Duration::from_millis(200));
+                        }
+                        Some(f) => panic!("creating topic {f}"),
+                    }
                 }
             }
         }
@@ -232,6 +285,38 @@ impl Broker {
         )
     }
 
+    /// What a consumer at `isolation` (`read_committed` or
+    /// `read_uncommitted`) sees of `topic`: read until at least `expected`
+    /// records arrived and nothing more came for two seconds (aborted
+    /// records and transaction markers take offsets, so the end offsets say
+    /// nothing of the count).
+    fn read(&self, topic: &str, expected: usize, isolation: &str) -> Vec<Record> {
+        let mut config = self.config();
+        config.set("group.id", "weir-test-isolated-reader").set("isolation.level", isolation);
+        let consumer: BaseConsumer = config.create().expect("read_committed consumer");
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..PARTITIONS {
+            tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
+        }
+        consumer.assign(&tpl).expect("assigning");
+        let mut records = Vec::with_capacity(expected);
+        let deadline = Instant::now() + Duration::from_secs(180);
+        let mut last_arrival = Instant::now();
+        while records.len() < expected || last_arrival.elapsed() < Duration::from_secs(2) {
+            assert!(Instant::now() < deadline, "read {} of {expected} committed records of {topic}", records.len());
+            match consumer.poll(Duration::from_millis(200)) {
+                Some(Ok(m)) => {
+                    last_arrival = Instant::now();
+                    records.push(Record::from_kafka(&m));
+                }
+                Some(Err(e)) => panic!("reading {topic}: {e}"),
+                None => {}
+            }
+        }
+        records.sort_by_key(|r| (r.partition, r.offset));
+        records
+    }
+
     /// Every record of `topic`, per partition in offset order.
     fn read_all(&self, topic: &str) -> Vec<Record> {
         let end = self.end(topic);
@@ -247,19 +332,7 @@ impl Broker {
         while (records.len() as i64) < total {
             assert!(Instant::now() < deadline, "read {} of {total} records of {topic}", records.len());
             match consumer.poll(Duration::from_millis(200)) {
-                Some(Ok(m)) => records.push(Record {
-                    partition: m.partition(),
-                    offset: m.offset(),
-                    key: m.key().map(<[u8]>::to_vec),
-                    value: m.payload().unwrap_or_default().to_vec(),
-                    headers: m
-                        .headers()
-                        .map(|hs| {
-                            hs.iter().map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec())).collect()
-                        })
-                        .unwrap_or_default(),
-                    timestamp: m.timestamp().to_millis(),
-                }),
+                Some(Ok(m)) => records.push(Record::from_kafka(&m)),
                 Some(Err(e)) => panic!("reading {topic}: {e}"),
                 None => {}
             }
@@ -295,6 +368,20 @@ struct Record {
 }
 
 impl Record {
+    fn from_kafka(m: &rdkafka::message::BorrowedMessage<'_>) -> Record {
+        Record {
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m.key().map(<[u8]>::to_vec),
+            value: m.payload().unwrap_or_default().to_vec(),
+            headers: m
+                .headers()
+                .map(|hs| hs.iter().map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec())).collect())
+                .unwrap_or_default(),
+            timestamp: m.timestamp().to_millis(),
+        }
+    }
+
     fn id(&self) -> u64 {
         let (_, v) = self.headers.iter().find(|(k, _)| k == "id").expect("header id");
         std::str::from_utf8(v).unwrap().parse().unwrap()
@@ -687,6 +774,8 @@ fn keyed_counts_are_exact_after_repeated_kill_9() {
         let mut weir = Weir::start(&file);
         let progressed = wait_until(Duration::from_secs(300), || committed_total() >= target);
         assert!(progressed, "no progress to {target} committed; log:\n{}", weir.log());
+        // Anywhere in the checkpoint cycle, not just after a commit.
+        std::thread::sleep(Duration::from_millis(random_in(0..100)));
         weir.kill9();
         kills.push(committed_total());
     }
@@ -698,6 +787,179 @@ fn keyed_counts_are_exact_after_repeated_kill_9() {
     let expected = counts_per_key(N, KEYS, "key-");
     eprintln!("{}: killed with SIGKILL at committed offsets {kills:?} of {N}", broker.name());
     assert_eq!(counts, expected, "every key counted exactly once per message across five kill -9 restarts");
+}
+
+/// Kafka → passthrough → Kafka with `delivery = "exactly-once"` on a broker
+/// with working transactions, weir killed with SIGKILL four times while
+/// transactions are open (one commits every 100 ms under a steady flow) and
+/// started again: a `read_committed` reader of the output sees every input
+/// exactly once, and the group's committed offsets are the input's end.
+#[test]
+fn exactly_once_kafka_to_kafka_survives_repeated_kill_9() {
+    const N: u64 = 60_000;
+    let Some(broker) = Broker::crabka() else { return };
+    broker.create_topic("eos-in", PARTITIONS);
+    broker.create_topic("eos-out", PARTITIONS);
+    let mut records = inputs(0..N, 300, now_ms() - 3_600_000);
+    broker.produce("eos-in", &mut records);
+    let scratch = Scratch::new();
+    let text = format!(
+        "delivery = \"exactly-once\"\n{}\n[state]\ncheckpoint_interval_ms = 100\n",
+        pipeline(&broker, "eos-in", "eos-out", "eos")
+    );
+    let file = scratch.write("pipeline.toml", &text);
+    let (kills, settled) = run_killed_four_times(&broker, &file, "eos", "eos-in");
+
+    let output = broker.read("eos-out", N as usize, "read_committed");
+    let seen = tally(&records, &output);
+    let repeated: Vec<(u64, usize)> = seen.iter().filter(|(_, n)| **n > 1).map(|(id, n)| (*id, *n)).take(10).collect();
+    eprintln!(
+        "{}: exactly-once, killed with SIGKILL at committed offsets {kills:?} of {N} (pending checkpoints at the \
+         restarts: {settled:?}); a read_committed reader sees {} outputs",
+        broker.name(),
+        output.len(),
+    );
+    assert!(repeated.is_empty(), "inputs seen more than once by a read_committed reader: {repeated:?}");
+    assert_eq!(output.len(), N as usize, "every input exactly once");
+    assert_eq!(broker.committed("eos", "eos-in"), Some(broker.end("eos-in")));
+}
+
+/// count-by-key under `delivery = "exactly-once"`, killed with SIGKILL four
+/// times: the saved counts are exact, and the committed outputs (a running
+/// total per key) agree with them: per key the totals only go up, none is
+/// repeated, and the last is the key's exact count. A checkpoint whose
+/// transaction died is undone in the state store on restart.
+#[test]
+fn exactly_once_keyed_counts_match_their_committed_outputs_after_kill_9() {
+    const N: u64 = 40_000;
+    const KEYS: u64 = 50;
+    let Some(broker) = Broker::crabka() else { return };
+    broker.create_topic("eosc-in", PARTITIONS);
+    broker.create_topic("eosc-out", PARTITIONS);
+    broker.produce("eosc-in", &mut inputs(0..N, KEYS, now_ms() - 3_600_000));
+    let scratch = Scratch::new();
+    let file = scratch.write(
+        "pipeline.toml",
+        &format!(
+            r#"
+            delivery = "exactly-once"
+
+            [[source]]
+            name = "in"
+            uri = "kafka://{addr}/eosc-in?group=eosc"
+            batch_size = 200
+            properties = {{ "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "500" }}
+
+            [[stage]]
+            name = "count"
+            plugin = "{plugin}"
+            concurrency = 2
+            dispatch = "partition"
+            partition_by = "key"
+
+            [[sink]]
+            name = "out"
+            uri = "kafka://{addr}/eosc-out"
+
+            [state]
+            checkpoint_interval_ms = 50
+            "#,
+            addr = broker.addr,
+            plugin = plugin("count-by-key").display(),
+        ),
+    );
+    let (kills, settled) = run_killed_four_times(&broker, &file, "eosc", "eosc-in");
+
+    let expected = counts_per_key(N, KEYS, "key-");
+    assert_eq!(saved_counts(&file, "count"), expected, "saved counts exact across four kill -9 restarts");
+    let mut totals: HashMap<String, Vec<u64>> = HashMap::new();
+    for output in broker.read("eosc-out", KEYS as usize, "read_committed") {
+        let value: serde_json::Value = serde_json::from_slice(&output.value).expect("a count-by-key output");
+        let key = value["key"].as_str().expect("key").to_string();
+        totals.entry(key).or_default().push(value["count"].as_u64().expect("count"));
+    }
+    eprintln!(
+        "{}: exactly-once count-by-key, killed at committed offsets {kills:?} of {N} (pending checkpoints at the \
+         restarts: {settled:?})",
+        broker.name()
+    );
+    for (key, count) in &expected {
+        let seen = totals.get(key).unwrap_or_else(|| panic!("no committed output for {key}"));
+        assert!(seen.windows(2).all(|w| w[0] < w[1]), "totals of {key} repeat or go back: {seen:?}");
+        assert_eq!(seen.last(), Some(count), "the last committed total of {key}");
+    }
+
+    // As if weir died between writing a checkpoint and committing its
+    // transaction: the store holds counts and offsets the broker never got.
+    // The restart must find the transaction uncommitted and undo them.
+    {
+        let store = weir::store::StateStore::open(&scratch.path(".weir/state")).expect("the state store");
+        let inflated: weir::store::Changes = vec![(b"count:key-0".to_vec(), Some(999_999u64.to_le_bytes().to_vec()))];
+        let ahead: Vec<weir::store::PositionRecord> = broker
+            .end("eosc-in")
+            .iter()
+            .enumerate()
+            .map(|(p, end)| weir::store::PositionRecord {
+                source: "in".into(),
+                key: format!("eosc-in/{p}"),
+                value: Some((end + 100).to_string().into_bytes()),
+            })
+            .collect();
+        store.checkpoint_pending(&[("count", &inflated)], &ahead, "weir-eosc-never-committed").expect("writing");
+    }
+    let mut again = Weir::start(&file);
+    let undone = wait_until(Duration::from_secs(120), || again.log().contains("exactly-once: transactional id"));
+    assert!(undone, "the restart did not come up; log:\n{}", again.log());
+    again.stop();
+    assert!(
+        again.log().contains("transaction `weir-eosc-never-committed` did not commit"),
+        "the uncommitted checkpoint was not undone; log:\n{}",
+        again.log()
+    );
+    assert_eq!(saved_counts(&file, "count"), expected, "counts after undoing the uncommitted checkpoint");
+}
+
+/// Runs the pipeline `file` (consumer group `group` on `input`) four times,
+/// each killed with SIGKILL once the group's committed offsets moved on by
+/// a random share, then once more until everything is committed; returns
+/// the committed totals at the kills and, per restart, how the last run's
+/// pending checkpoint was settled.
+fn run_killed_four_times(broker: &Broker, file: &Path, group: &str, input: &str) -> (Vec<u64>, Vec<&'static str>) {
+    let settled = |log: &str| {
+        if log.contains("did not commit: state and positions go back") {
+            "undone"
+        } else if log.contains("committed: keeping its checkpoint") {
+            "kept"
+        } else {
+            "none pending"
+        }
+    };
+    let mut settlements = Vec::new();
+    let committed_total =
+        || broker.committed(group, input).map_or(0, |c| c.iter().map(|o| o.max(&0)).sum::<i64>() as u64);
+    let end: u64 = broker.end(input).iter().sum::<i64>() as u64;
+    let mut kills = Vec::new();
+    for _ in 0..4 {
+        let target = (committed_total() + random_in(2_000..8_000)).min(end - 1);
+        let mut weir = Weir::start(file);
+        let progressed = wait_until(Duration::from_secs(300), || committed_total() >= target);
+        assert!(progressed, "no progress to {target} committed; log:\n{}", weir.log());
+        // Anywhere in the checkpoint cycle, not just after a commit.
+        std::thread::sleep(Duration::from_millis(random_in(0..100)));
+        weir.kill9();
+        kills.push(committed_total());
+        settlements.push(settled(&weir.log()));
+    }
+    let mut last = Weir::start(file);
+    // Stopped only once running (a SIGTERM before the handler is set kills).
+    let started = wait_until(Duration::from_secs(120), || last.log().contains("exactly-once: transactional id"));
+    assert!(started, "no transactional producer; log:\n{}", last.log());
+    wait_committed(broker, group, input, || last.log(), Duration::from_secs(600));
+    last.stop();
+    settlements.push(settled(&last.log()));
+    // The first run has nothing to settle.
+    settlements.remove(0);
+    (kills, settlements)
 }
 
 #[test]

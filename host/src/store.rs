@@ -26,6 +26,28 @@ const STAGE_PREFIX: &str = "stage:";
 /// Source positions covered by the saved state: key `source\0partition`.
 const POSITIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("positions");
 
+/// Bookkeeping of exactly-once checkpoints: key [`PENDING`].
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+
+/// The last exactly-once checkpoint, whose transaction may not have
+/// committed when the process died.
+const PENDING: &str = "pending-transaction";
+
+/// An exactly-once checkpoint made durable before its transaction committed
+/// (the store is written first so that a committed transaction always has
+/// its state). On restart the transaction's outcome decides: committed, the
+/// checkpoint stays; not committed, the store goes back to the savepoint
+/// taken just before it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PendingTransaction {
+    /// The transaction's name (Kafka: the `transactional.id`).
+    pub transaction: String,
+    /// The positions the transaction commits (source, key, value).
+    pub positions: Vec<(String, String, Vec<u8>)>,
+    /// The redb savepoint of the store just before the checkpoint.
+    savepoint: u64,
+}
+
 /// Why the state store cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -167,6 +189,85 @@ impl StateStore {
             return Ok(());
         }
         let write = self.db.begin_write().map_err(|e| self.storage(e))?;
+        self.write_checkpoint(&write, changes, positions)?;
+        write.commit().map_err(|e| self.storage(e))
+    }
+
+    /// Like [`StateStore::checkpoint`], for a checkpoint whose positions a
+    /// transaction named `transaction` is about to commit: a savepoint of
+    /// the store before it is kept, and the checkpoint is marked pending
+    /// until [`StateStore::resolve`] says how the transaction ended (an
+    /// earlier pending mark and savepoint are replaced: a new checkpoint is
+    /// only made once the previous transaction committed).
+    pub fn checkpoint_pending(
+        &self,
+        changes: &[(&str, &Changes)],
+        positions: &[PositionRecord],
+        transaction: &str,
+    ) -> Result<(), StoreError> {
+        let write = self.db.begin_write().map_err(|e| self.storage(e))?;
+        let savepoint = write.persistent_savepoint().map_err(|e| self.storage(e))?;
+        let older: Vec<u64> =
+            write.list_persistent_savepoints().map_err(|e| self.storage(e))?.filter(|id| *id != savepoint).collect();
+        for id in older {
+            write.delete_persistent_savepoint(id).map_err(|e| self.storage(e))?;
+        }
+        let pending = PendingTransaction {
+            transaction: transaction.to_string(),
+            positions: positions
+                .iter()
+                .filter_map(|r| Some((r.source.clone(), r.key.clone(), r.value.clone()?)))
+                .collect(),
+            savepoint,
+        };
+        let encoded = serde_json::to_vec(&pending).map_err(|e| self.storage(e))?;
+        write
+            .open_table(META)
+            .and_then(|mut t| Ok(t.insert(PENDING, encoded.as_slice()).map(drop)?))
+            .map_err(|e| self.storage(e))?;
+        self.write_checkpoint(&write, changes, positions)?;
+        write.commit().map_err(|e| self.storage(e))
+    }
+
+    /// The exactly-once checkpoint whose transaction's outcome is not known
+    /// yet, if any.
+    pub fn pending_transaction(&self) -> Result<Option<PendingTransaction>, StoreError> {
+        let read = self.db.begin_read().map_err(|e| self.storage(e))?;
+        let table = match read.open_table(META) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(self.storage(e)),
+        };
+        let Some(value) = table.get(PENDING).map_err(|e| self.storage(e))? else { return Ok(None) };
+        serde_json::from_slice(value.value()).map(Some).map_err(|e| self.storage(format!("pending checkpoint: {e}")))
+    }
+
+    /// Settles the pending checkpoint: kept when its transaction
+    /// `committed`, else the store goes back to how it was before it
+    /// (stage state and positions alike).
+    pub fn resolve(&self, pending: &PendingTransaction, committed: bool) -> Result<(), StoreError> {
+        if !committed {
+            let mut write = self.db.begin_write().map_err(|e| self.storage(e))?;
+            let savepoint = write.get_persistent_savepoint(pending.savepoint).map_err(|e| self.storage(e))?;
+            write.restore_savepoint(&savepoint).map_err(|e| self.storage(e))?;
+            write.commit().map_err(|e| self.storage(e))?;
+        }
+        // The savepoint's own state may hold an earlier (committed) mark.
+        let write = self.db.begin_write().map_err(|e| self.storage(e))?;
+        let savepoints: Vec<u64> = write.list_persistent_savepoints().map_err(|e| self.storage(e))?.collect();
+        for id in savepoints {
+            write.delete_persistent_savepoint(id).map_err(|e| self.storage(e))?;
+        }
+        write.open_table(META).and_then(|mut t| Ok(t.remove(PENDING).map(drop)?)).map_err(|e| self.storage(e))?;
+        write.commit().map_err(|e| self.storage(e))
+    }
+
+    fn write_checkpoint(
+        &self,
+        write: &redb::WriteTransaction,
+        changes: &[(&str, &Changes)],
+        positions: &[PositionRecord],
+    ) -> Result<(), StoreError> {
         if !positions.is_empty() {
             let mut table = write.open_table(POSITIONS).map_err(|e| self.storage(e))?;
             for record in positions {
@@ -190,7 +291,7 @@ impl StateStore {
                 .map_err(|e| self.storage(e))?;
             }
         }
-        write.commit().map_err(|e| self.storage(e))
+        Ok(())
     }
 
     /// The positions recorded for `source` (key, value), sorted by key.
@@ -227,6 +328,9 @@ impl StateStore {
     /// Forgets every recorded source position (the next run starts where
     /// the brokers' committed positions say); returns how many there were.
     pub fn reset_positions(&self) -> Result<u64, StoreError> {
+        if let Some(pending) = self.pending_transaction()? {
+            self.resolve(&pending, true)?;
+        }
         self.drop_table(POSITIONS)
     }
 
@@ -324,6 +428,39 @@ mod tests {
         assert_eq!(store.load("a").unwrap().len(), 1);
         assert_eq!(store.reset_positions().unwrap(), 2);
         assert!(store.all_positions().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_pending_checkpoint_is_kept_when_its_transaction_committed_and_undone_when_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        let record =
+            |value: &[u8]| PositionRecord { source: "in".into(), key: "t/0".into(), value: Some(value.to_vec()) };
+        let first: Changes = vec![(b"k".to_vec(), Some(b"1".to_vec()))];
+        store.checkpoint_pending(&[("count", &first)], &[record(b"10")], "txn").unwrap();
+        let pending = store.pending_transaction().unwrap().expect("pending");
+        assert_eq!(pending.transaction, "txn");
+        assert_eq!(pending.positions, [("in".to_string(), "t/0".to_string(), b"10".to_vec())]);
+        store.resolve(&pending, true).unwrap();
+        assert!(store.pending_transaction().unwrap().is_none());
+        assert_eq!(store.load("count").unwrap()[b"k".as_slice()], b"1");
+
+        // The next checkpoint's transaction never committed: back to the first.
+        let second: Changes = vec![(b"k".to_vec(), Some(b"2".to_vec())), (b"new".to_vec(), Some(b"1".to_vec()))];
+        store.checkpoint_pending(&[("count", &second)], &[record(b"20")], "txn").unwrap();
+        let third: Changes = vec![(b"k".to_vec(), Some(b"3".to_vec()))];
+        store.checkpoint_pending(&[("count", &third)], &[record(b"30")], "txn").unwrap();
+        let pending = store.pending_transaction().unwrap().expect("pending");
+        assert_eq!(pending.positions[0].2, b"30");
+        store.resolve(&pending, false).unwrap();
+        assert!(store.pending_transaction().unwrap().is_none());
+        let state = store.load("count").unwrap();
+        assert_eq!((state[b"k".as_slice()].as_slice(), state.len()), (b"2".as_slice(), 2), "the second checkpoint");
+        assert_eq!(store.positions("in").unwrap(), [("t/0".to_string(), b"20".to_vec())]);
+        drop(store);
+        // Settled for good: a reopened store has no savepoint or mark left.
+        let store = StateStore::open(dir.path()).unwrap();
+        assert!(store.pending_transaction().unwrap().is_none());
     }
 
     #[test]

@@ -63,6 +63,10 @@ fn line_of(source: &str, offset: usize) -> usize {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PipelineConfig {
+    /// The delivery guarantee: `at-least-once` (default) or `exactly-once`
+    /// (Kafka to Kafka only).
+    #[serde(default)]
+    pub delivery: Delivery,
     /// Where messages come from.
     #[serde(default, rename = "source")]
     pub sources: Vec<SourceConfig>,
@@ -95,6 +99,20 @@ pub struct PipelineConfig {
     /// The file's text, for error positions.
     #[serde(skip)]
     pub text: String,
+}
+
+/// The pipeline's delivery guarantee (`delivery` at the top of the file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Delivery {
+    /// Every input reaches the sinks at least once: after a crash, what was
+    /// written but not yet committed is written again.
+    #[default]
+    AtLeastOnce,
+    /// Kafka to Kafka: the outputs of a checkpoint interval and the input
+    /// offsets they cover are committed in one Kafka transaction, so a
+    /// `read_committed` reader sees every input's outputs exactly once.
+    ExactlyOnce,
 }
 
 /// Message format of line-oriented connectors.
@@ -220,12 +238,59 @@ impl PipelineConfig {
         let drain = &self.shutdown.drain_timeout_ms;
         ranges::check("drain_timeout_ms", *drain.get_ref(), &ranges::DRAIN_TIMEOUT_MS)
             .map_err(|m| self.error_at(drain, format!("[shutdown]: {m}")))?;
+        if self.delivery == Delivery::ExactlyOnce {
+            self.validate_exactly_once()?;
+        }
         let interval = &self.state.checkpoint_interval_ms;
         ranges::check("checkpoint_interval_ms", *interval.get_ref(), &ranges::CHECKPOINT_INTERVAL_MS)
             .map_err(|m| self.error_at(interval, format!("[state]: {m}")))?;
         let in_flight = &self.memory.max_in_flight_mb;
         ranges::check("max_in_flight_mb", *in_flight.get_ref(), &ranges::MAX_IN_FLIGHT_MB)
             .map_err(|m| self.error_at(in_flight, format!("[memory]: {m}")))?;
+        Ok(())
+    }
+
+    /// `delivery = "exactly-once"` needs Kafka on both ends, on one cluster
+    /// (the transaction that writes the outputs also commits the group's
+    /// offsets), and one source (one consumer group per transaction).
+    fn validate_exactly_once(&self) -> Result<(), ConfigError> {
+        const WHY: &str = "`delivery = \"exactly-once\"` needs Kafka on both ends";
+        let brokers =
+            |uri: &str| uri.strip_prefix("kafka://").map(|rest| rest.split('/').next().unwrap_or("").to_string());
+        let mut cluster: Option<String> = None;
+        let mut same_cluster = |uri: &Spanned<String>, what: &str| -> Result<(), ConfigError> {
+            let Some(found) = brokers(uri.get_ref()) else {
+                return Err(self.error_at(
+                    uri,
+                    format!("{what} `{}` is not Kafka: {WHY} (kafka:// sources, sinks and dead letter)", uri.get_ref()),
+                ));
+            };
+            match &cluster {
+                Some(first) if *first != found => Err(self.error_at(
+                    uri,
+                    format!("{what} is on brokers `{found}`, another is on `{first}`: {WHY} on one cluster"),
+                )),
+                _ => {
+                    cluster = Some(found);
+                    Ok(())
+                }
+            }
+        };
+        for source in &self.sources {
+            same_cluster(&source.uri, &format!("source `{}`", source.name))?;
+        }
+        if let [_, second, ..] = self.sources.as_slice() {
+            return Err(self.error_at(
+                &second.uri,
+                "`delivery = \"exactly-once\"` takes one [[source]] (it may read several topics: `kafka://host:port/a,b`)",
+            ));
+        }
+        for sink in &self.sinks {
+            same_cluster(&sink.uri, &format!("sink `{}`", sink.name))?;
+        }
+        if let Some(dead_letter) = &self.dead_letter {
+            same_cluster(&dead_letter.uri, "[dead_letter]")?;
+        }
         Ok(())
     }
 

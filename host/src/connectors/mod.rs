@@ -78,6 +78,15 @@ pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
 pub trait SourceSpec: fmt::Debug + Send + Sync {
     /// Opens the source.
     fn open(&self) -> Result<Box<dyn Source>>;
+
+    /// On restart under `delivery = "exactly-once"`: whether the transaction
+    /// named `transaction` of the last run committed `positions` (source,
+    /// key, value as the source recorded them). Blocking; only sources that
+    /// take part in transactions answer.
+    fn transaction_committed(&self, transaction: &str, positions: &[(String, String, Vec<u8>)]) -> Result<bool> {
+        let _ = (transaction, positions);
+        anyhow::bail!("this source does not take part in transactions")
+    }
 }
 
 /// A parsed, validated `[[sink]]` or `[dead_letter]`, ready to open.
@@ -85,6 +94,14 @@ pub trait SourceSpec: fmt::Debug + Send + Sync {
 pub trait SinkSpec: fmt::Debug + Send + Sync {
     /// Opens the sink (connects, opens the file, …).
     async fn open(&self) -> Result<Box<dyn Sink>>;
+
+    /// Opens the sink in a pipeline with checkpoints (`None` without): a
+    /// sink that takes part in exactly-once transactions finds the
+    /// pipeline's there. The others open as [`SinkSpec::open`].
+    async fn open_in(&self, checkpoints: Option<&crate::flow::checkpoint::Checkpoints>) -> Result<Box<dyn Sink>> {
+        let _ = checkpoints;
+        self.open().await
+    }
 }
 
 /// What a connector's source parser is given.

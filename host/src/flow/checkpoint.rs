@@ -22,7 +22,16 @@
 //! the recorded positions: replayed messages are applied to state once.
 //! When no state changed since the last checkpoint the gate stays open: the
 //! positions released so far carry no state effects and are recorded as is.
+//!
+//! Under `delivery = "exactly-once"` a checkpoint also ends a
+//! [`Transaction`]: every checkpoint closes the gate (the outputs written
+//! since the last one are in the open transaction), writes the store with a
+//! pending mark, then commits the transaction with the positions; a
+//! transaction that fails halts the run, and the restart settles the
+//! pending mark by the transaction's outcome
+//! ([`StateStore::resolve`](crate::store::StateStore::resolve)).
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -33,6 +42,7 @@ use parking_lot::Mutex;
 use tokio::sync::{Notify, OwnedRwLockReadGuard, RwLock};
 use tokio_util::sync::CancellationToken;
 
+use super::control::Control;
 use crate::store::PositionRecord;
 
 /// What a checkpoint makes durable besides the positions: the pipeline's
@@ -41,9 +51,28 @@ pub trait CheckpointStore: Send + Sync {
     /// Whether any stage state changed since the last commit.
     fn has_changes(&self) -> bool;
     /// Makes `positions` durable, with every stage's changes when
-    /// `with_state`, in one transaction.
-    fn commit(&self, positions: &[PositionRecord], with_state: bool) -> Result<(), String>;
+    /// `with_state`, in one transaction; marked pending until the
+    /// exactly-once `transaction` of that name commits, when there is one.
+    fn commit(&self, positions: &[PositionRecord], with_state: bool, transaction: Option<&str>) -> Result<(), String>;
 }
+
+/// Outputs made visible together with the input positions that produced
+/// them: the exactly-once transaction a checkpoint ends.
+pub trait Transaction: Send + Sync + 'static {
+    /// The name a pending checkpoint records (Kafka: the `transactional.id`).
+    fn name(&self) -> Result<String, String>;
+    /// Commits what was written since the last commit together with
+    /// `positions`, and begins the next transaction. Implementations keep
+    /// blocking client calls off the async workers.
+    fn commit(
+        self: Arc<Self>,
+        positions: Vec<PositionRecord>,
+    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+}
+
+/// The pipeline's transaction, typed (for the connectors) and erased (for
+/// the coordinator).
+type TransactionSlot = (Arc<dyn Any + Send + Sync>, Arc<dyn Transaction>);
 
 /// A checkpointed tracker, as the coordinator sees it (its position type
 /// erased).
@@ -84,12 +113,20 @@ struct Inner {
     /// Positions taken for a checkpoint whose commit failed: recorded and
     /// published with the next one.
     unpublished: Mutex<Vec<Box<dyn Taken>>>,
+    /// Whether checkpoints end a transaction (`delivery = "exactly-once"`).
+    exactly_once: bool,
+    transaction: Mutex<Option<TransactionSlot>>,
 }
 
 impl Checkpoints {
     /// Checkpoints for a pipeline whose last run recorded `restored`
     /// (source name → its records).
     pub fn new(restored: HashMap<String, Vec<(String, Vec<u8>)>>) -> Self {
+        Self::with_delivery(restored, false)
+    }
+
+    /// Checkpoints that end a transaction each when `exactly_once`.
+    pub fn with_delivery(restored: HashMap<String, Vec<(String, Vec<u8>)>>, exactly_once: bool) -> Self {
         Checkpoints {
             inner: Arc::new(Inner {
                 gate: Arc::new(RwLock::new(())),
@@ -97,8 +134,40 @@ impl Checkpoints {
                 requested: Arc::new(Notify::new()),
                 restored,
                 unpublished: Mutex::default(),
+                exactly_once,
+                transaction: Mutex::default(),
             }),
         }
+    }
+
+    /// The pipeline's exactly-once transaction, made by `make` at the first
+    /// call (by a sink, which knows the producer's settings); `None` under
+    /// at-least-once delivery.
+    pub fn transaction<T: Transaction>(&self, make: impl FnOnce() -> T) -> Option<Arc<T>> {
+        if !self.inner.exactly_once {
+            return None;
+        }
+        let mut slot = self.inner.transaction.lock();
+        let (typed, _) = slot.get_or_insert_with(|| {
+            let made = Arc::new(make());
+            (made.clone() as Arc<dyn Any + Send + Sync>, made as Arc<dyn Transaction>)
+        });
+        typed.clone().downcast().ok()
+    }
+
+    /// The transaction a sink made, for the source that feeds it.
+    pub fn existing_transaction<T: Transaction>(&self) -> Option<Arc<T>> {
+        let slot = self.inner.transaction.lock();
+        slot.as_ref().and_then(|(typed, _)| typed.clone().downcast().ok())
+    }
+
+    /// Whether checkpoints end a transaction (`delivery = "exactly-once"`).
+    pub fn exactly_once(&self) -> bool {
+        self.inner.exactly_once
+    }
+
+    fn erased_transaction(&self) -> Option<Arc<dyn Transaction>> {
+        self.inner.transaction.lock().as_ref().map(|(_, erased)| erased.clone())
     }
 
     /// The records the last run left for `source` (key, value).
@@ -124,13 +193,13 @@ impl Checkpoints {
     /// Runs a checkpoint every `interval`, or sooner when asked, until
     /// `stop` fires. A checkpoint under way is finished, not abandoned: the
     /// positions it took must be published or kept for the last one. After
-    /// `halt` fires, checkpoints commit nothing.
+    /// a halt, checkpoints commit nothing; a transaction that fails halts.
     pub async fn run(
         &self,
         interval: Duration,
         store: Arc<dyn CheckpointStore>,
         stop: CancellationToken,
-        halt: CancellationToken,
+        control: Control,
     ) {
         loop {
             tokio::select! {
@@ -138,18 +207,20 @@ impl Checkpoints {
                 _ = tokio::time::sleep(interval) => {}
                 _ = self.inner.requested.notified() => {}
             }
-            self.checkpoint(store.as_ref(), &halt).await;
+            self.checkpoint(store.as_ref(), &control).await;
         }
     }
 
     /// One checkpoint while the pipeline runs.
-    async fn checkpoint(&self, store: &dyn CheckpointStore, halt: &CancellationToken) {
+    async fn checkpoint(&self, store: &dyn CheckpointStore, control: &Control) {
+        let halt = control.halt_signal();
         let trackers: Vec<Arc<dyn Holding>> = self.inner.trackers.lock().clone();
         // Positions released before a look at the state that finds nothing
-        // changed carry no state effects: record them without the gate.
+        // changed carry no state effects: record them without the gate
+        // (unless outputs wait in a transaction: they must be covered).
         let early = take_all(&trackers);
-        if !store.has_changes() {
-            self.commit(store, early, false);
+        if !self.inner.exactly_once && !store.has_changes() {
+            self.commit(store, early, false, control).await;
             return;
         }
         let _gate = self.inner.gate.write().await;
@@ -170,14 +241,18 @@ impl Checkpoints {
         }
         let mut taken = early;
         taken.extend(take_all(&trackers));
-        self.commit(store, taken, true);
+        self.commit(store, taken, true, control).await;
     }
 
     /// The last checkpoint, once the pipeline stopped. When batches of a
     /// checkpointed source never finished (a halt, a drain that timed out),
     /// the state since the last checkpoint holds their effects and is not
     /// saved: they are read again and applied then.
-    pub fn finish(&self, store: &dyn CheckpointStore) {
+    pub async fn finish(&self, store: &dyn CheckpointStore, control: &Control) {
+        if self.inner.exactly_once && control.is_halted() {
+            // The transaction is aborted by the restart; so is this state.
+            return;
+        }
         let trackers: Vec<Arc<dyn Holding>> = self.inner.trackers.lock().clone();
         let unfinished: usize = trackers.iter().map(|t| t.in_flight()).sum();
         if unfinished > 0 {
@@ -187,10 +262,16 @@ impl Checkpoints {
             );
             return;
         }
-        self.commit(store, take_all(&trackers), true);
+        self.commit(store, take_all(&trackers), true, control).await;
     }
 
-    fn commit(&self, store: &dyn CheckpointStore, taken: Vec<Box<dyn Taken>>, with_state: bool) {
+    async fn commit(
+        &self,
+        store: &dyn CheckpointStore,
+        taken: Vec<Box<dyn Taken>>,
+        with_state: bool,
+        control: &Control,
+    ) {
         let mut all = std::mem::take(&mut *self.inner.unpublished.lock());
         all.extend(taken);
         let records: Vec<PositionRecord> = all.iter().flat_map(|t| t.records()).collect();
@@ -198,14 +279,41 @@ impl Checkpoints {
             all.into_iter().for_each(|t| t.publish());
             return;
         }
-        match store.commit(&records, with_state) {
-            Ok(()) => all.into_iter().for_each(|t| t.publish()),
-            Err(e) => {
-                // Nothing is published: the sources commit nothing past the
-                // last durable checkpoint. Tried again at the next one.
-                tracing::error!("checkpoint failed (retried at the next one): {e}");
-                self.inner.unpublished.lock().extend(all);
+        let transaction = self.erased_transaction();
+        let Some(transaction) = transaction.filter(|_| !records.is_empty()) else {
+            // At-least-once, or nothing read since the last transaction
+            // (and so no output and no state change to cover).
+            match store.commit(&records, with_state, None) {
+                Ok(()) => all.into_iter().for_each(|t| t.publish()),
+                Err(e) => {
+                    // Nothing is published: the sources commit nothing past
+                    // the last durable checkpoint. Tried again at the next one.
+                    tracing::error!("checkpoint failed (retried at the next one): {e}");
+                    self.inner.unpublished.lock().extend(all);
+                }
             }
+            return;
+        };
+        // Exactly-once: the store first (marked pending), so that a
+        // committed transaction always has its state; then the transaction.
+        let name = match transaction.name() {
+            Ok(name) => name,
+            Err(e) => {
+                control.halt(format!("exactly-once: {e}"));
+                return;
+            }
+        };
+        if let Err(e) = store.commit(&records, with_state, Some(&name)) {
+            tracing::error!("checkpoint failed (retried at the next one; the transaction stays open): {e}");
+            self.inner.unpublished.lock().extend(all);
+            return;
+        }
+        match transaction.commit(records).await {
+            Ok(()) => all.into_iter().for_each(|t| t.publish()),
+            Err(e) => control.halt(format!(
+                "exactly-once: committing transaction `{name}` failed: {e}; stopping so that a restart resumes \
+                 from the last committed transaction (its outputs were never visible to read_committed readers)"
+            )),
         }
     }
 }
@@ -222,6 +330,10 @@ mod tests {
     use crate::flow::ack::AckTracker;
     use crate::plugin::state::{PipelineState, StageState};
     use crate::store::StateStore;
+
+    fn control() -> Control {
+        Control::new(CancellationToken::new())
+    }
 
     fn encoder() -> Encoder<u64> {
         Box::new(|partition, positions| Some((partition.to_string(), Some(positions.last()?.to_string().into_bytes()))))
@@ -243,7 +355,7 @@ mod tests {
         assert!(released.try_recv().is_err(), "held until a checkpoint");
         assert_eq!(tracker.outstanding(), 1, "a held position is still outstanding for its source");
 
-        checkpoints.checkpoint(&durable, &CancellationToken::new()).await;
+        checkpoints.checkpoint(&durable, &control()).await;
         assert_eq!(released.try_recv().unwrap(), (0, 10));
         assert_eq!(tracker.outstanding(), 0);
         assert_eq!(store.positions("in").unwrap(), [("0".to_string(), b"10".to_vec())]);
@@ -252,7 +364,7 @@ mod tests {
         // No state change: the position is recorded without closing the gate.
         let token = tracker.register(0, 20, 1);
         token.done(1);
-        checkpoints.checkpoint(&durable, &CancellationToken::new()).await;
+        checkpoints.checkpoint(&durable, &control()).await;
         assert_eq!(released.try_recv().unwrap(), (0, 20));
         assert_eq!(store.positions("in").unwrap(), [("0".to_string(), b"20".to_vec())]);
     }
@@ -270,7 +382,7 @@ mod tests {
         state.set(b"k".to_vec(), b"1".to_vec()).unwrap();
         let running = tokio::spawn({
             let (checkpoints, durable) = (checkpoints.clone(), durable.clone());
-            async move { checkpoints.checkpoint(durable.as_ref(), &CancellationToken::new()).await }
+            async move { checkpoints.checkpoint(durable.as_ref(), &control()).await }
         });
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!running.is_finished(), "the batch in flight may still change state");

@@ -137,6 +137,18 @@ impl SourceContext {
         }
     }
 
+    /// Whether the pipeline delivers exactly once (its checkpoints end a
+    /// transaction).
+    pub fn exactly_once(&self) -> bool {
+        self.checkpoints.as_ref().is_some_and(Checkpoints::exactly_once)
+    }
+
+    /// The exactly-once transaction the pipeline's sinks made (see
+    /// [`Checkpoints::transaction`]), for a source whose positions it commits.
+    pub fn transaction<T: super::checkpoint::Transaction>(&self) -> Option<std::sync::Arc<T>> {
+        self.checkpoints.as_ref().and_then(Checkpoints::existing_transaction)
+    }
+
     /// The positions recorded for this source by the last checkpoint of the
     /// previous run, as `encode` made them (key, value): the source
     /// re-applies them before it reads (the broker may have missed the

@@ -24,7 +24,7 @@ use anyhow::Result;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{ConfigError, Dispatch, GroupBy, PipelineConfig, StageConfig};
+use crate::config::{ConfigError, Delivery, Dispatch, GroupBy, PipelineConfig, StageConfig};
 use crate::connectors::{self, SinkSpec, SourceSpec};
 use crate::flow::SourceContext;
 use crate::flow::batch::{Batch, BatchPolicy};
@@ -61,8 +61,41 @@ pub struct Pipeline {
     checkpointing: Option<Checkpointing>,
 }
 
+/// Under exactly-once delivery, settles the last run's checkpoint whose
+/// transaction may not have committed before the process died: kept when
+/// it did, else the store goes back to the checkpoint before (before any
+/// stage loads its state from it).
+fn settle_pending_transaction(
+    store: &StateStore,
+    sources: &[(Arc<str>, Box<dyn SourceSpec>)],
+) -> Result<(), ConfigError> {
+    let Some(pending) = store.pending_transaction().map_err(|e| ConfigError::new(e.to_string()))? else {
+        return Ok(());
+    };
+    let Some((name, spec)) = sources.first() else { return Ok(()) };
+    let committed = spec.transaction_committed(&pending.transaction, &pending.positions).map_err(|e| {
+        ConfigError::new(format!(
+            "source `{name}`: the last run's transaction `{}` could not be settled: {e:#} (the state store keeps \
+             it pending until it can be)",
+            pending.transaction
+        ))
+    })?;
+    store.resolve(&pending, committed).map_err(|e| ConfigError::new(e.to_string()))?;
+    if committed {
+        tracing::info!("the last run's transaction `{}` committed: keeping its checkpoint", pending.transaction);
+    } else {
+        tracing::info!(
+            "the last run's transaction `{}` did not commit: state and positions go back to the checkpoint before it",
+            pending.transaction
+        );
+    }
+    Ok(())
+}
+
 /// A pipeline's checkpoint settings and what its last run recorded.
 struct Checkpointing {
+    /// Whether each checkpoint ends a transaction (`delivery = "exactly-once"`).
+    exactly_once: bool,
     store: Arc<StateStore>,
     interval: Duration,
     /// Source name → positions recorded by the last checkpoint.
@@ -185,13 +218,18 @@ impl Pipeline {
                 Ok((spec, RetryPolicy { retries: d.retries, backoff: Duration::from_millis(d.retry_backoff_ms) }))
             })
             .transpose()?;
-        // One store for every stage's state; none when there are no stages.
-        let store = match config.stages.is_empty() {
+        // One store for every stage's state; none when there are no stages
+        // (exactly-once delivery keeps its checkpoints there too).
+        let exactly_once = config.delivery == Delivery::ExactlyOnce;
+        let store = match config.stages.is_empty() && !exactly_once {
             true => None,
             false => {
                 Some(Arc::new(StateStore::open(&config.state_dir()).map_err(|e| ConfigError::new(e.to_string()))?))
             }
         };
+        if let Some(store) = &store {
+            settle_pending_transaction(store, &sources)?;
+        }
         let stages = config
             .stages
             .iter()
@@ -208,7 +246,7 @@ impl Pipeline {
                         restored.entry(record.source).or_default().push((record.key, value));
                     }
                 }
-                Some(Checkpointing { store, interval: config.state.checkpoint_interval(), restored })
+                Some(Checkpointing { store, interval: config.state.checkpoint_interval(), restored, exactly_once })
             }
             None => None,
         };
@@ -260,15 +298,24 @@ impl Pipeline {
 
         // Every sink opens before any source reads: one that cannot (a locked
         // or unwritable file) stops the run before a message moves.
+        // Checkpoints tie the stages' state to the source positions it covers
+        // (and, exactly-once, end the sinks' transaction).
+        let (checkpoints, checkpointing) = match self.checkpointing {
+            Some(c) => {
+                let checkpoints = Checkpoints::with_delivery(c.restored, c.exactly_once);
+                (Some(checkpoints), Some((c.store, c.interval)))
+            }
+            None => (None, None),
+        };
         let mut opened = Vec::with_capacity(self.sinks.len());
         for sink in &self.sinks {
-            match sink.spec.open().await {
+            match sink.spec.open_in(checkpoints.as_ref()).await {
                 Ok(s) => opened.push(s),
                 Err(e) => return report.failed(format!("sink `{}`: {e:#}", sink.name)),
             }
         }
         let dead_letter_sink = match &self.dead_letter {
-            Some((spec, retry)) => match spec.open().await {
+            Some((spec, retry)) => match spec.open_in(checkpoints.as_ref()).await {
                 Ok(s) => Some((s, *retry)),
                 Err(e) => return report.failed(format!("[dead_letter]: {e:#}")),
             },
@@ -415,15 +462,13 @@ impl Pipeline {
             }
             Ok(())
         });
-        // Checkpoints tie the stages' state to the source positions it covers.
-        let checkpoints = self.checkpointing.map(|c| {
-            let checkpoints = Checkpoints::new(c.restored);
-            let state: Arc<dyn CheckpointStore> = Arc::new(PipelineState::new(c.store, states.clone()));
+        let checkpoints = checkpoints.zip(checkpointing).map(|(checkpoints, (store, interval))| {
+            let state: Arc<dyn CheckpointStore> = Arc::new(PipelineState::new(store, states.clone()));
             let stop = CancellationToken::new();
             let coordinator = tokio::spawn({
-                let (checkpoints, state, stop) = (checkpoints.clone(), state.clone(), stop.clone());
-                let halt = control.halt_signal().clone();
-                async move { checkpoints.run(c.interval, state, stop, halt).await }
+                let (checkpoints, state, stop, control) =
+                    (checkpoints.clone(), state.clone(), stop.clone(), control.clone());
+                async move { checkpoints.run(interval, state, stop, control).await }
             });
             (checkpoints, state, stop, coordinator)
         });
@@ -496,7 +541,7 @@ impl Pipeline {
         if let Some((checkpoints, state, stop, coordinator)) = checkpoints {
             stop.cancel();
             let _ = coordinator.await;
-            checkpoints.finish(state.as_ref());
+            checkpoints.finish(state.as_ref(), &control).await;
         }
 
         report.halted = control.halt_reason();

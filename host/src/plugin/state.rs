@@ -188,16 +188,25 @@ impl StageState {
 pub fn save_all<'a>(states: impl IntoIterator<Item = &'a StageState>) -> Result<(), StoreError> {
     let states: Vec<&StageState> = states.into_iter().collect();
     let Some((store, _)) = states.iter().find_map(|s| s.target()) else { return Ok(()) };
-    checkpoint_all(store, &states, &[])
+    checkpoint_all(store, &states, &[], None)
 }
 
 /// Writes the changes of every state and `positions` in one transaction;
 /// on failure the changes are kept for the next try.
-fn checkpoint_all(store: &StateStore, states: &[&StageState], positions: &[PositionRecord]) -> Result<(), StoreError> {
+fn checkpoint_all(
+    store: &StateStore,
+    states: &[&StageState],
+    positions: &[PositionRecord],
+    transaction: Option<&str>,
+) -> Result<(), StoreError> {
     let taken: Vec<(&StageState, &str, Changes)> =
         states.iter().filter_map(|s| s.target().map(|(_, stage)| (*s, stage, s.take_changes()))).collect();
     let batch: Vec<(&str, &Changes)> = taken.iter().map(|(_, stage, c)| (*stage, c)).collect();
-    store.checkpoint(&batch, positions).inspect_err(|_| {
+    let written = match transaction {
+        Some(name) => store.checkpoint_pending(&batch, positions, name),
+        None => store.checkpoint(&batch, positions),
+    };
+    written.inspect_err(|_| {
         for (state, _, changes) in taken {
             state.restore_changes(changes);
         }
@@ -222,10 +231,10 @@ impl CheckpointStore for PipelineState {
         self.states.iter().any(|s| s.has_changes())
     }
 
-    fn commit(&self, positions: &[PositionRecord], with_state: bool) -> Result<(), String> {
+    fn commit(&self, positions: &[PositionRecord], with_state: bool, transaction: Option<&str>) -> Result<(), String> {
         let states: Vec<&StageState> =
             if with_state { self.states.iter().map(Arc::as_ref).collect() } else { Vec::new() };
-        checkpoint_all(&self.store, &states, positions).map_err(|e| e.to_string())
+        checkpoint_all(&self.store, &states, positions, transaction).map_err(|e| e.to_string())
     }
 }
 

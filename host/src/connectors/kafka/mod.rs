@@ -56,6 +56,7 @@
 mod lag;
 mod sink;
 mod source;
+mod transaction;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -64,6 +65,7 @@ use rdkafka::ClientConfig;
 
 pub use sink::KafkaSink;
 pub use source::KafkaSource;
+pub use transaction::KafkaTransaction;
 
 use super::{Connector, Settings, SinkSpec, Source, SourceSpec, SpecError, broker};
 use crate::config::ranges;
@@ -72,12 +74,26 @@ impl SourceSpec for KafkaSourceSpec {
     fn open(&self) -> anyhow::Result<Box<dyn Source>> {
         Ok(Box::new(KafkaSource::new(self.clone())))
     }
+
+    fn transaction_committed(&self, transaction: &str, positions: &[(String, String, Vec<u8>)]) -> anyhow::Result<bool> {
+        transaction::committed(self, transaction, positions)
+    }
 }
 
 #[async_trait::async_trait]
 impl SinkSpec for KafkaSinkSpec {
     async fn open(&self) -> anyhow::Result<Box<dyn super::Sink>> {
         Ok(Box::new(KafkaSink::open(self)?))
+    }
+
+    async fn open_in(
+        &self,
+        checkpoints: Option<&crate::flow::checkpoint::Checkpoints>,
+    ) -> anyhow::Result<Box<dyn super::Sink>> {
+        match checkpoints.and_then(|c| c.transaction(|| KafkaTransaction::new(&self.properties))) {
+            Some(transaction) => Ok(Box::new(KafkaSink::transactional(self, transaction))),
+            None => self.open().await,
+        }
     }
 }
 
@@ -88,7 +104,17 @@ pub type Start = broker::Start<i64>;
 /// The `kafka://` connector.
 pub const CONNECTOR: Connector = Connector {
     schemes: &["kafka"],
-    source: Some(|args| Ok(Box::new(KafkaSourceSpec::parse(&mut args.settings, args.name, args.batch)?))),
+    source: Some(|args| {
+        let spec = KafkaSourceSpec::parse(&mut args.settings, args.name, args.batch)?;
+        if args.pipeline.delivery == crate::config::Delivery::ExactlyOnce
+            && spec.properties.get("partition.assignment.strategy").is_some_and(|s| s.contains("cooperative"))
+        {
+            // A transaction spans every owned partition: an incremental
+            // rebalance would end it for some of them only.
+            return Err("`delivery = \"exactly-once\"` needs an eager assignment strategy (not cooperative-sticky)".into());
+        }
+        Ok(Box::new(spec))
+    }),
     sink: Some(|args| Ok(Box::new(KafkaSinkSpec::parse(&mut args.settings)?))),
 };
 

@@ -2,6 +2,7 @@
 //! message of the batch has a delivery report.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
@@ -10,21 +11,29 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header as KafkaHeader, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 
-use super::KafkaSinkSpec;
-use crate::connectors::Sink;
+use super::{KafkaSinkSpec, KafkaTransaction};
+use crate::connectors::{Refused, Sink};
 use crate::message::Message;
 
 /// Writes batches to one topic.
 pub struct KafkaSink {
     spec: KafkaSinkSpec,
     producer: Option<FutureProducer>,
+    /// Under exactly-once delivery: the pipeline's transaction, whose
+    /// producer every write uses.
+    transaction: Option<Arc<KafkaTransaction>>,
 }
 
 impl KafkaSink {
     /// Creates the producer (it connects lazily).
     pub fn open(spec: &KafkaSinkSpec) -> Result<Self> {
         let producer = create(spec)?;
-        Ok(KafkaSink { spec: spec.clone(), producer: Some(producer) })
+        Ok(KafkaSink { spec: spec.clone(), producer: Some(producer), transaction: None })
+    }
+
+    /// A sink that writes inside the pipeline's `transaction`.
+    pub fn transactional(spec: &KafkaSinkSpec, transaction: Arc<KafkaTransaction>) -> Self {
+        KafkaSink { spec: spec.clone(), producer: None, transaction: Some(transaction) }
     }
 
     /// The producer, made afresh after a fatal error (an idempotent producer
@@ -70,7 +79,13 @@ impl Reports {
 impl Sink for KafkaSink {
     async fn write(&mut self, batch: &[Message]) -> Result<()> {
         let topic = self.spec.topic.clone();
-        let producer = self.producer()?.clone();
+        let producer = match &self.transaction {
+            // Inside a transaction a failed write cannot be retried (the
+            // retry would commit duplicates): the run halts, and the restart
+            // aborts the transaction and reads its inputs again.
+            Some(transaction) => transaction.producer().map_err(|e| Refused(format!("exactly-once: {e}")))?,
+            None => self.producer()?.clone(),
+        };
         let mut pending: VecDeque<DeliveryFuture> = VecDeque::with_capacity(batch.len());
         let mut reports = Reports::default();
         for message in batch {
@@ -120,6 +135,13 @@ impl Sink for KafkaSink {
         }
         match reports.first_error {
             None => Ok(()),
+            Some(error) if self.transaction.is_some() => Err(Refused(format!(
+                "exactly-once: {} of {} messages not delivered to Kafka topic `{topic}`: {error}; the transaction \
+                 cannot commit",
+                reports.failed,
+                batch.len()
+            ))
+            .into()),
             Some(error) => Err(anyhow!(
                 "{} of {} messages not delivered to Kafka topic `{topic}`: {error}",
                 reports.failed,

@@ -30,7 +30,7 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Message as _, Offset, TopicPartitionList};
 use tokio::runtime::{Handle, RuntimeFlavor};
 
-use super::{KafkaSourceSpec, Start};
+use super::{KafkaSourceSpec, KafkaTransaction, Start};
 use crate::connectors::{Source, SourceContext};
 use crate::message::{Header, Message, Origin};
 use crate::flow::ack::{AckTracker, Released};
@@ -75,6 +75,9 @@ struct Shared {
     /// the group's committed offset is behind (the commit that followed the
     /// checkpoint did not reach the broker before a crash).
     restored: Mutex<HashMap<u32, i64>>,
+    /// Under exactly-once delivery: the transaction that commits the offsets
+    /// (the source commits none itself), and the group it names them for.
+    transaction: Option<(Arc<KafkaTransaction>, String)>,
 }
 
 #[derive(Default)]
@@ -181,6 +184,10 @@ impl Shared {
     /// commit callback); `Sync` is the final one of a revoke or shutdown.
     fn commit<C: ConsumerContext, K: Consumer<C>>(&self, consumer: &K, only: Option<&[u32]>, mode: CommitMode) {
         self.pump();
+        if self.transaction.is_some() {
+            // The checkpoints' transactions commit the offsets.
+            return;
+        }
         let offsets = self.pending(only, matches!(mode, CommitMode::Async));
         if offsets.is_empty() {
             return;
@@ -269,7 +276,7 @@ impl KafkaContext {
                 }
                 position_by_checkpoint(shared, consumer, tpl);
                 let ids = shared.ids(tpl);
-                {
+                let owned: Vec<u32> = {
                     let mut state = shared.state.lock();
                     for id in &ids {
                         // Whatever was known of a partition we owned before
@@ -280,6 +287,17 @@ impl KafkaContext {
                         state.confirmed.remove(id);
                         state.owned.insert(*id);
                     }
+                    state.owned.iter().copied().collect()
+                };
+                if let Some((transaction, group)) = &shared.transaction {
+                    let names: Vec<String> = owned
+                        .iter()
+                        .map(|id| {
+                            let (topic, partition) = shared.topic_partition(*id);
+                            format!("{topic}/{partition}")
+                        })
+                        .collect();
+                    transaction.assign(group, &names, consumer.group_metadata());
                 }
                 let result = if cooperative { consumer.incremental_assign(tpl) } else { consumer.assign(tpl) };
                 match result {
@@ -530,6 +548,13 @@ impl Source for KafkaSource {
                 Some((format!("{topic}/{partition}"), Some(next.to_string().into_bytes())))
             })
         });
+        let transaction = match ctx.transaction::<KafkaTransaction>() {
+            Some(transaction) => Some((transaction, spec.group.clone())),
+            None if ctx.exactly_once() => {
+                return Err(anyhow!("exactly-once delivery needs a Kafka sink to write the transaction"));
+            }
+            None => None,
+        };
         let shared = Arc::new(Shared {
             topics: spec.topics.clone(),
             start: spec.start,
@@ -539,6 +564,7 @@ impl Source for KafkaSource {
             handle: Handle::current(),
             source: ctx.name().to_string(),
             restored: Mutex::default(),
+            transaction,
         });
         *shared.restored.lock() = ctx
             .restored()
