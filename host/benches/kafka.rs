@@ -11,6 +11,13 @@
 //! The broker is nisshi when it is on PATH, else librdkafka's built-in
 //! cluster. `WEIR_BENCH_KAFKA_MESSAGES` sets the message count (default
 //! 200,000); `WEIR_BENCH_KAFKA_ROUNDS` the rounds (default 2).
+//!
+//! A second table compares weir at-least-once with exactly-once on
+//! crabka-broker (a broker with working transactions; on PATH or in
+//! `../shared/bin`, else the table is left out, saying so): the same
+//! pipeline, timed from the first output to the group's committed offsets
+//! covering the whole input (exactly-once outputs count only once
+//! committed).
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -113,6 +120,144 @@ fn main() {
     if let Backend::Nisshi(child) = &mut backend {
         let _ = child.kill();
         let _ = child.wait();
+    }
+    delivery_table(&rt, &wasm, env("WEIR_BENCH_EOS_MESSAGES", 1_000_000), rounds);
+}
+
+/// At-least-once vs exactly-once (transactions per checkpoint interval) on
+/// crabka-broker.
+fn delivery_table(rt: &tokio::runtime::Runtime, wasm: &Path, messages: u64, rounds: u64) {
+    let Some((addr, mut child, _dir)) = start_crabka() else {
+        println!("\n(crabka-broker is not on PATH nor in ../shared/bin: no exactly-once table)");
+        return;
+    };
+    create_topic(rt, &addr, "eos-in");
+    produce_input(rt, &addr, "eos-in", messages);
+    // (delivery, checkpoint interval ms); at-least-once commits at most
+    // 100 ms after the checkpoint that covers the offsets.
+    let cases: [(&str, u64); 4] =
+        [("at-least-once", 1000), ("exactly-once", 1000), ("at-least-once", 100), ("exactly-once", 100)];
+    let mut rows = Vec::new();
+    for round in 0..rounds {
+        for (index, (delivery, interval)) in cases.iter().enumerate() {
+            let (group, output) = (format!("eos-{round}-{index}"), format!("eos-out-{round}-{index}"));
+            create_topic(rt, &addr, &output);
+            let text = format!(
+                r#"
+                delivery = "{delivery}"
+                [[source]]
+                name = "in"
+                uri = "kafka://{addr}/eos-in?group={group}&commit_interval_ms=100"
+                batch_size = 1024
+                [[stage]]
+                name = "pass"
+                plugin = "{plugin}"
+                batch = {{ max_size = 1024, max_wait_ms = 5 }}
+                [[sink]]
+                name = "out"
+                uri = "kafka://{addr}/{output}"
+                batch = {{ max_size = 10000, max_wait_ms = 5 }}
+                [state]
+                checkpoint_interval_ms = {interval}
+                "#,
+                plugin = wasm.display()
+            );
+            let scratch = tempfile::tempdir().unwrap();
+            let config = PipelineConfig::parse(&text, scratch.path()).unwrap();
+            let pipeline = Pipeline::prepare(&config, &Runtime::new().unwrap()).unwrap();
+            let shutdown = CancellationToken::new();
+            let run = rt.spawn(pipeline.run(shutdown.clone()));
+            let took = observe_committed(&addr, &output, &group, messages);
+            shutdown.cancel();
+            let report = rt.block_on(run).unwrap();
+            assert!(report.success(), "{report:?}");
+            rows.push((round + 1, *delivery, *interval, took));
+        }
+    }
+    println!("\n## At-least-once vs exactly-once, Kafka → passthrough → Kafka ({messages} messages, crabka-broker)\n");
+    println!(
+        "| round | delivery | checkpoint interval | msg/s (first output → all offsets committed) | vs at-least-once |"
+    );
+    println!("|---:|---|---:|---:|---:|");
+    for chunk in rows.chunks(cases.len()) {
+        for (round, label, interval, took) in chunk {
+            let base = chunk.iter().find(|r| r.1 == "at-least-once" && r.2 == *interval).map(|r| rate(messages, r.3));
+            let r = rate(messages, *took);
+            println!("| {round} | {label} | {interval} ms | {r:.0} | {:.2}× |", r / base.unwrap_or(r));
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// crabka-broker on 127.0.0.2 (its controller port is fixed), with its
+/// folder; `None` when the binary is missing.
+fn start_crabka() -> Option<(String, Child, tempfile::TempDir)> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
+    let binary = std::env::var_os("PATH")
+        .and_then(|paths| std::env::split_paths(&paths).map(|d| d.join("crabka-broker")).find(|p| p.is_file()))
+        .or_else(|| Some(root.parent()?.join("shared/bin/crabka-broker")).filter(|p| p.is_file()))?;
+    let dir = tempfile::tempdir().unwrap();
+    let uuid = std::fs::read_to_string("/proc/sys/kernel/random/uuid").unwrap();
+    std::fs::write(
+        dir.path().join("meta.properties.json"),
+        format!(r#"{{"directory_id":"{}","version":1}}"#, uuid.trim()),
+    )
+    .unwrap();
+    let port = TcpListener::bind("127.0.0.2:0").unwrap().local_addr().unwrap().port();
+    let addr = format!("127.0.0.2:{port}");
+    let child = Command::new(binary)
+        .args(["--listen-addr", &addr, "--metrics-listen-addr", "none", "--log-dir"])
+        .arg(dir.path())
+        .env("CRABKA_TRANSACTION_VERSION", "0")
+        .env("RUST_LOG", "error")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting crabka-broker");
+    let probe = consumer(&addr, "bench-probe");
+    let started = Instant::now();
+    while probe.fetch_metadata(None, Duration::from_secs(1)).is_err() {
+        assert!(started.elapsed() < Duration::from_secs(30), "crabka-broker did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Its controller takes a moment before topics can be made.
+    std::thread::sleep(Duration::from_secs(2));
+    Some((addr, child, dir))
+}
+
+/// From the first message in `output` until `group` committed all of the
+/// input.
+fn observe_committed(addr: &str, output: &str, group: &str, messages: u64) -> Duration {
+    let probe = consumer(addr, "bench-probe");
+    let committed = consumer(addr, group);
+    let deadline = Instant::now() + Duration::from_secs(900);
+    let mut first = None;
+    loop {
+        let now = Instant::now();
+        if first.is_none() {
+            let written: u64 = (0..PARTITIONS)
+                .map(|p| probe.fetch_watermarks(output, p, Duration::from_secs(5)).map_or(0, |(_, h)| h as u64))
+                .sum();
+            if written > 0 {
+                first = Some(now);
+            }
+        }
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..PARTITIONS {
+            tpl.add_partition("eos-in", p);
+        }
+        let done: u64 = committed.committed_offsets(tpl, Duration::from_secs(5)).map_or(0, |c| {
+            c.elements().iter().map(|e| if let Offset::Offset(o) = e.offset() { o as u64 } else { 0 }).sum()
+        });
+        if done >= messages
+            && let Some(first) = first
+        {
+            return now - first;
+        }
+        assert!(now < deadline, "{group}: {done} of {messages} committed after 15 minutes");
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 
