@@ -76,7 +76,8 @@ fn settle_pending_transaction(
     let committed = spec.transaction_committed(&pending.transaction, &pending.positions).map_err(|e| {
         ConfigError::new(format!(
             "source `{name}`: the last run's transaction `{}` could not be settled: {e:#} (the state store keeps \
-             it pending until it can be)",
+             its checkpoint pending until it can be; `weir state reset FILE --positions` keeps the state and \
+             forgets the positions)",
             pending.transaction
         ))
     })?;
