@@ -136,9 +136,10 @@ impl Shared {
     }
 
     /// The offsets to commit: watermarks of owned partitions (of `only`, when
-    /// given) beyond what the broker confirmed; a `periodic` commit leaves
-    /// out what it sent recently and is still waiting for.
-    fn pending(&self, only: Option<&[u32]>, periodic: bool) -> Vec<(u32, i64)> {
+    /// given) beyond what the broker confirmed (every watermark when
+    /// `everything`); a `periodic` commit leaves out what it sent recently
+    /// and is still waiting for.
+    fn pending(&self, only: Option<&[u32]>, periodic: bool, everything: bool) -> Vec<(u32, i64)> {
         let now = Instant::now();
         let mut state = self.state.lock();
         let state = &mut *state;
@@ -146,7 +147,7 @@ impl Shared {
             .watermark
             .iter()
             .filter(|(id, _)| only.map_or(state.owned.contains(id), |only| only.contains(id)))
-            .filter(|(id, next)| state.confirmed.get(id).is_none_or(|c| c < next))
+            .filter(|(id, next)| everything || state.confirmed.get(id).is_none_or(|c| c < next))
             .filter(|(id, next)| {
                 !periodic
                     || state
@@ -188,7 +189,12 @@ impl Shared {
             // The checkpoints' transactions commit the offsets.
             return;
         }
-        let offsets = self.pending(only, matches!(mode, CommitMode::Async));
+        // A partition's last commit (revoke, shutdown) sends its watermark
+        // again even when confirmed: a periodic commit delayed by a broker
+        // outage can reach the broker after a newer one was confirmed, and
+        // would otherwise be the last word.
+        let last = matches!(mode, CommitMode::Sync);
+        let offsets = self.pending(only, matches!(mode, CommitMode::Async), last);
         if offsets.is_empty() {
             return;
         }
