@@ -280,7 +280,7 @@ impl KafkaContext {
                 if let Start::At(ts) = shared.start {
                     position_by_time(shared, consumer, tpl, ts);
                 }
-                position_by_checkpoint(shared, consumer, tpl);
+                let raised = position_by_checkpoint(shared, consumer, tpl);
                 let ids = shared.ids(tpl);
                 let owned: Vec<u32> = {
                     let mut state = shared.state.lock();
@@ -293,6 +293,10 @@ impl KafkaContext {
                         state.confirmed.remove(id);
                         state.owned.insert(*id);
                     }
+                    // A partition started at the checkpoint's offset commits
+                    // it to the group too (the checkpoint is durable), even
+                    // if nothing more arrives.
+                    state.watermark.extend(raised);
                     state.owned.iter().copied().collect()
                 };
                 if let Some((transaction, group)) = &shared.transaction {
@@ -381,17 +385,22 @@ fn block_on<F: Future>(handle: &Handle, future: F) -> F::Output {
 
 /// Starts newly assigned partitions at the offset the last checkpoint
 /// recorded, where the group's committed offset is behind it (once per
-/// partition and run).
-fn position_by_checkpoint(shared: &Shared, consumer: &BaseConsumer<KafkaContext>, tpl: &mut TopicPartitionList) {
+/// partition and run); returns those partitions and offsets.
+fn position_by_checkpoint(
+    shared: &Shared,
+    consumer: &BaseConsumer<KafkaContext>,
+    tpl: &mut TopicPartitionList,
+) -> Vec<(u32, i64)> {
+    let mut raised = Vec::new();
     let recorded: Vec<(u32, i64)> = {
         let mut restored = shared.restored.lock();
         if restored.is_empty() {
-            return;
+            return raised;
         }
         shared.ids(tpl).into_iter().filter_map(|id| Some((id, restored.remove(&id)?))).collect()
     };
     if recorded.is_empty() {
-        return;
+        return raised;
     }
     let committed = match consumer.committed_offsets(tpl.clone(), LOOKUP_TIMEOUT) {
         Ok(committed) => committed,
@@ -428,8 +437,10 @@ fn position_by_checkpoint(shared: &Shared, consumer: &BaseConsumer<KafkaContext>
                 group.map_or_else(|| "unset".to_string(), |g| g.to_string())
             );
             let _ = tpl.set_partition_offset(topic, partition, Offset::Offset(offset));
+            raised.push((id, offset));
         }
     }
+    raised
 }
 
 /// Sets the start offset of newly assigned partitions that have no committed
