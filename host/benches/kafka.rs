@@ -13,8 +13,8 @@
 //! 200,000); `WEIR_BENCH_KAFKA_ROUNDS` the rounds (default 2).
 //!
 //! A second table compares weir at-least-once with exactly-once on
-//! crabka-broker (a broker with working transactions; on PATH or in
-//! `../shared/bin`, else the table is left out, saying so): the same
+//! crabka-broker (a broker with working transactions; on PATH, else the
+//! table is left out, saying so): the same
 //! pipeline, timed from the first output to the group's committed offsets
 //! covering the whole input (exactly-once outputs count only once
 //! committed).
@@ -128,7 +128,7 @@ fn main() {
 /// crabka-broker.
 fn delivery_table(rt: &tokio::runtime::Runtime, wasm: &Path, messages: u64, rounds: u64) {
     let Some((addr, mut child, _dir)) = start_crabka() else {
-        println!("\n(crabka-broker is not on PATH nor in ../shared/bin: no exactly-once table)");
+        println!("\n(crabka-broker is not on PATH: no exactly-once table)");
         return;
     };
     create_topic(rt, &addr, "eos-in");
@@ -193,10 +193,8 @@ fn delivery_table(rt: &tokio::runtime::Runtime, wasm: &Path, messages: u64, roun
 /// crabka-broker on 127.0.0.2 (its controller port is fixed), with its
 /// folder; `None` when the binary is missing.
 fn start_crabka() -> Option<(String, Child, tempfile::TempDir)> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
     let binary = std::env::var_os("PATH")
-        .and_then(|paths| std::env::split_paths(&paths).map(|d| d.join("crabka-broker")).find(|p| p.is_file()))
-        .or_else(|| Some(root.parent()?.join("shared/bin/crabka-broker")).filter(|p| p.is_file()))?;
+        .and_then(|paths| std::env::split_paths(&paths).map(|d| d.join("crabka-broker")).find(|p| p.is_file()))?;
     let dir = tempfile::tempdir().unwrap();
     let uuid = std::fs::read_to_string("/proc/sys/kernel/random/uuid").unwrap();
     std::fs::write(
@@ -222,8 +220,6 @@ fn start_crabka() -> Option<(String, Child, tempfile::TempDir)> {
         assert!(started.elapsed() < Duration::from_secs(30), "crabka-broker did not start");
         std::thread::sleep(Duration::from_millis(20));
     }
-    // Its controller takes a moment before topics can be made.
-    std::thread::sleep(Duration::from_secs(2));
     Some((addr, child, dir))
 }
 
@@ -308,8 +304,18 @@ fn consumer(addr: &str, group: &str) -> BaseConsumer {
 fn create_topic(rt: &tokio::runtime::Runtime, addr: &str, name: &str) {
     let admin: AdminClient<DefaultClientContext> = config(addr).create().unwrap();
     let topic = NewTopic::new(name, PARTITIONS, TopicReplication::Fixed(1));
-    for result in rt.block_on(admin.create_topics([&topic], &AdminOptions::new())).unwrap() {
-        result.unwrap_or_else(|(t, e)| panic!("creating {t}: {e}"));
+    // A broker just started may refuse creation until its controller is up.
+    let started = Instant::now();
+    loop {
+        let failure = match rt.block_on(admin.create_topics([&topic], &AdminOptions::new())) {
+            Ok(results) => results.into_iter().find_map(|r| r.err()).map(|(t, e)| format!("{t}: {e}")),
+            Err(e) => Some(e.to_string()),
+        };
+        match failure {
+            None => break,
+            Some(f) if started.elapsed() > Duration::from_secs(30) => panic!("creating {f}"),
+            Some(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
     }
     let probe = consumer(addr, "bench-probe");
     let started = Instant::now();

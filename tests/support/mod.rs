@@ -147,20 +147,15 @@ pub fn nisshi() -> PathBuf {
 
 /// crabka-broker, a Kafka-protocol broker whose transactions work with
 /// librdkafka (commit/abort markers, read_committed, TxnOffsetCommit), for
-/// the exactly-once tests: from PATH, else the prebuilt copy in
-/// `../shared/bin` beside the checkout. It cannot be installed here (its
-/// crate is yanked and needs a patch): without it the exactly-once tests say
+/// the exactly-once tests, from PATH (`.ci/run` puts a prebuilt copy
+/// there). No registry carries it: without it the exactly-once tests say
 /// so loudly, and fail under CI.
 pub fn crabka_broker() -> Option<PathBuf> {
-    let on_path = std::env::var_os("PATH")
+    let found = std::env::var_os("PATH")
         .and_then(|paths| std::env::split_paths(&paths).map(|dir| dir.join("crabka-broker")).find(|p| p.is_file()));
-    let found = on_path.or_else(|| {
-        let beside = workspace().parent()?.join("shared/bin/crabka-broker");
-        beside.is_file().then_some(beside)
-    });
     if found.is_none() {
-        let message = "crabka-broker (the transactional Kafka test broker) is neither on PATH nor in ../shared/bin: \
-                       the exactly-once tests COULD NOT RUN";
+        let message = "crabka-broker (the transactional Kafka test broker) is not on PATH: the exactly-once tests \
+                       COULD NOT RUN";
         assert!(std::env::var_os("CI").is_none(), "{message}");
         eprintln!("\n!!! {message} !!!\n");
     }

@@ -97,6 +97,18 @@ impl SinkSpec for KafkaSinkSpec {
     }
 }
 
+/// How a checkpoint records a Kafka partition's position: key `topic/N`,
+/// value the next offset to read, as text.
+pub(crate) fn position_record(topic: &str, partition: u32, next: i64) -> (String, Vec<u8>) {
+    (format!("{topic}/{partition}"), next.to_string().into_bytes())
+}
+
+/// The partition and next offset of a [`position_record`].
+pub(crate) fn parse_position<'a>(key: &'a str, value: &[u8]) -> Option<(&'a str, i32, i64)> {
+    let (topic, partition) = key.rsplit_once('/')?;
+    Some((topic, partition.parse().ok()?, std::str::from_utf8(value).ok()?.parse().ok()?))
+}
+
 /// Where a partition with no committed offset starts: a position is a
 /// timestamp in milliseconds since the epoch.
 pub type Start = broker::Start<i64>;

@@ -562,7 +562,8 @@ impl Source for KafkaSource {
                 let topic = &topics[(id >> PARTITION_BITS) as usize];
                 let partition = id & ((1 << PARTITION_BITS) - 1);
                 let next = offsets.iter().map(|o| **o).max()?;
-                Some((format!("{topic}/{partition}"), Some(next.to_string().into_bytes())))
+                let (key, value) = super::position_record(topic, partition, next);
+                Some((key, Some(value)))
             })
         });
         let transaction = match ctx.transaction::<KafkaTransaction>() {
@@ -587,9 +588,8 @@ impl Source for KafkaSource {
             .restored()
             .iter()
             .filter_map(|(key, value)| {
-                let (topic, partition) = key.rsplit_once('/')?;
-                let id = shared.id(topic, partition.parse().ok()?)?;
-                Some((id, std::str::from_utf8(value).ok()?.parse().ok()?))
+                let (topic, partition, next) = super::parse_position(key, value)?;
+                Some((shared.id(topic, partition)?, next))
             })
             .collect();
         let consumer: Arc<StreamConsumer<KafkaContext>> = Arc::new(

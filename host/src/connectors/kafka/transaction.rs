@@ -28,7 +28,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
-use super::KafkaSourceSpec;
+use super::{KafkaSourceSpec, parse_position};
 use crate::flow::checkpoint::Transaction;
 use crate::store::PositionRecord;
 
@@ -190,11 +190,7 @@ fn offsets(positions: &[PositionRecord]) -> Result<TopicPartitionList, String> {
     let mut tpl = TopicPartitionList::with_capacity(positions.len());
     for record in positions {
         let Some(value) = &record.value else { continue };
-        let parsed = record.key.rsplit_once('/').and_then(|(topic, partition)| {
-            let next: i64 = std::str::from_utf8(value).ok()?.parse().ok()?;
-            Some((topic, partition.parse::<i32>().ok()?, next))
-        });
-        let Some((topic, partition, next)) = parsed else {
+        let Some((topic, partition, next)) = parse_position(&record.key, value) else {
             return Err(format!("position `{}` of source `{}` is not a Kafka offset", record.key, record.source));
         };
         tpl.add_partition_offset(topic, partition, Offset::Offset(next)).map_err(|e| e.to_string())?;
@@ -244,11 +240,9 @@ pub fn committed(spec: &KafkaSourceSpec, id: &str, positions: &[(String, String,
     let mut tpl = TopicPartitionList::new();
     let mut expected = Vec::new();
     for (_, key, value) in positions {
-        let parsed = key.rsplit_once('/').and_then(|(topic, partition)| {
-            Some((topic.to_string(), partition.parse::<i32>().ok()?, std::str::from_utf8(value).ok()?.parse::<i64>().ok()?))
-        });
-        let (topic, partition, next) = parsed.ok_or_else(|| anyhow!("recorded position `{key}` is not a Kafka offset"))?;
-        tpl.add_partition(&topic, partition);
+        let (topic, partition, next) =
+            parse_position(key, value).ok_or_else(|| anyhow!("recorded position `{key}` is not a Kafka offset"))?;
+        tpl.add_partition(topic, partition);
         expected.push((topic, partition, next));
     }
     let found = consumer.committed_offsets(tpl, CALL_TIMEOUT).context("reading the group's committed offsets")?;
