@@ -9,13 +9,14 @@
 mod support;
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use support::pulsar::{PulsarLite, crc32c, python_client};
-use support::{Scratch, plugin, run_weir, text, wait_until, weir};
+use support::{
+    LoggedWeir, Metrics, Scratch, counts_per_key, free_port, plugin, random_in, run_weir, saved_counts, text,
+    wait_until,
+};
 
 const LONG: Duration = Duration::from_secs(240);
 
@@ -85,68 +86,6 @@ fn topic(tag: &str) -> String {
     format!("persistent://public/default/{tag}")
 }
 
-/// A running `weir`, stdout and stderr to files.
-struct Weir {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Weir {
-    fn start(args: &[&str], scratch: &Scratch, tag: &str) -> Self {
-        let log = scratch.path(&format!("{tag}.log"));
-        let child = weir()
-            .args(args)
-            .env("WEIR_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(File::create(scratch.path(&format!("{tag}.out"))).unwrap())
-            .stderr(File::create(&log).unwrap())
-            .spawn()
-            .expect("starting weir");
-        Weir { child, log }
-    }
-
-    fn run(scratch: &Scratch, name: &str, pipeline: &str) -> Self {
-        let file = scratch.write(&format!("{name}.toml"), pipeline);
-        Self::start(&["run", file.to_str().unwrap()], scratch, name)
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn running(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_none()
-    }
-
-    fn wait_for(&mut self, what: &str, mut condition: impl FnMut() -> bool) {
-        let ok = wait_until(LONG, || condition() || !self.running());
-        assert!(ok && self.running(), "{what}: not reached (or weir exited); log:\n{}", self.log());
-    }
-
-    /// SIGTERM; weir must drain and exit 0.
-    fn stop(mut self) -> String {
-        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
-        assert!(status.success());
-        assert!(wait_until(LONG, || !self.running()), "weir did not stop on SIGTERM; log:\n{}", self.log());
-        assert_eq!(self.child.wait().unwrap().code(), Some(0), "weir must drain and exit 0; log:\n{}", self.log());
-        self.log()
-    }
-
-    fn kill9(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for Weir {
-    fn drop(&mut self) {
-        if self.running() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
 /// `[[source]]` on `uri` with `extra` keys → optional stage → file sink `out`.
 fn pipeline(uri: &str, extra: &str, stage: &str, out: &std::path::Path) -> String {
     format!(
@@ -206,7 +145,7 @@ fn interoperates_with_the_official_client_both_ways() {
     produce(&broker, &scratch, &input, N, 7, 0);
     let out = scratch.path("out.ndjson");
     let text = pipeline(&format!("pulsar://{}/public/default/interop-in", broker.addr()), "", "", &out);
-    let mut run = Weir::run(&scratch, "read", &text);
+    let mut run = LoggedWeir::run_text(&text, &scratch, "read");
     run.wait_for("every message read", || scratch.lines("out.ndjson").len() as u64 >= N);
     run.stop();
     let lines = scratch.json_lines("out.ndjson");
@@ -291,10 +230,10 @@ fn end_to_end_100k_through_a_plugin() {
         "#,
         passthrough_stage()
     );
-    let run = Weir::run(&scratch, "middle", &middle);
+    let run = LoggedWeir::run_text(&middle, &scratch, "middle");
     let result = scratch.path("out.ndjson");
     let back = pipeline(&format!("pulsar://{addr}/public/default/e2e-out"), "", "", &result);
-    let mut reader = Weir::run(&scratch, "back", &back);
+    let mut reader = LoggedWeir::run_text(&back, &scratch, "back");
     reader.wait_for("all 100,000 through", || scratch.lines("out.ndjson").len() as u64 >= N);
     run.stop();
     reader.stop();
@@ -334,13 +273,13 @@ fn kill_9_and_restart_loses_nothing() {
         &stage,
         &scratch.path("out.ndjson"),
     );
-    let mut first = Weir::run(&scratch, "crash-1", &text);
+    let mut first = LoggedWeir::run_text(&text, &scratch, "crash-1");
     first.wait_for("a first part written", || scratch.lines("out.ndjson").len() >= 2_000);
     first.kill9();
     let before = scratch.lines("out.ndjson").len();
     assert!((before as u64) < N, "the run should have been interrupted mid-way ({before} of {N} written)");
 
-    let mut second = Weir::run(&scratch, "crash-2", &text);
+    let mut second = LoggedWeir::run_text(&text, &scratch, "crash-2");
     second.wait_for("every message written after the restart", || {
         count_each(&seqs(&scratch, "out.ndjson"), N).iter().all(|&c| c > 0)
     });
@@ -373,7 +312,7 @@ fn broker_restart_mid_run_loses_nothing() {
         &stage,
         &scratch.path("out.ndjson"),
     );
-    let mut run = Weir::run(&scratch, "restart", &text);
+    let mut run = LoggedWeir::run_text(&text, &scratch, "restart");
     run.wait_for("a first part written", || scratch.lines("out.ndjson").len() >= 1_000);
     broker.restart();
     produce(&broker, &scratch, &input, N / 2, 13, N / 2);
@@ -401,7 +340,7 @@ fn two_processes_on_a_key_shared_subscription() {
     let scratch = Scratch::new();
     let input = topic("scale-in");
     let uri = format!("pulsar://{}/public/default/scale-in?subscription=scale&type=key_shared", broker.addr());
-    let mut runs: Vec<Weir> = (0..2)
+    let mut runs: Vec<LoggedWeir> = (0..2)
         .map(|i| {
             let text = pipeline(
                 &uri,
@@ -409,11 +348,11 @@ fn two_processes_on_a_key_shared_subscription() {
                 "",
                 &scratch.path(&format!("out-{i}.ndjson")),
             );
-            Weir::run(&scratch, &format!("scale-{i}"), &text)
+            LoggedWeir::run_text(&text, &scratch, &format!("scale-{i}"))
         })
         .collect();
     for run in runs.iter_mut() {
-        let log = run.log.clone();
+        let log = run.log_path().to_path_buf();
         run.wait_for("subscribed", || {
             std::fs::read_to_string(&log).unwrap_or_default().contains("Pulsar source started")
         });
@@ -421,7 +360,7 @@ fn two_processes_on_a_key_shared_subscription() {
     produce_key_based(&broker, &scratch, &input, N, 50);
     let total = || (0..2).map(|i| scratch.lines(&format!("out-{i}.ndjson")).len() as u64).sum::<u64>();
     runs[0].wait_for("everything written", || total() >= N);
-    let logs: Vec<String> = runs.into_iter().map(Weir::stop).collect();
+    let logs: Vec<String> = runs.into_iter().map(LoggedWeir::stop).collect();
     let logs = format!("{}\n---- broker:\n{}", logs.join("\n----\n"), broker.log());
     // pulsar-lite 0.2.0 sometimes hands one broker entry to both consumers of
     // a key_shared subscription (its log then says a consumer "attempted to
@@ -458,6 +397,178 @@ fn two_processes_on_a_key_shared_subscription() {
     assert!(shares.iter().all(|&s| s > 0), "each process took a share: {shares:?}");
 }
 
+/// A stateful pipeline stopped (SIGTERM) again and again, often within
+/// moments of its start: each stop drains and exits promptly, its last
+/// acknowledgements reach the broker before the consumer closes, and what
+/// the broker delivers again of an entry only partly finished is skipped:
+/// the saved counts per key are exact.
+#[test]
+fn a_stateful_pipeline_stopped_early_and_often_counts_exactly() {
+    counts_exactly_across_interruptions("stops", |run, round| {
+        std::thread::sleep(Duration::from_millis(random_in(0..300)));
+        let log = run.stop();
+        assert!(!log.contains("did not finish"), "round {round} did not drain; log:\n{log}");
+    });
+}
+
+/// The same, killed with SIGKILL at random moments instead: what the last
+/// checkpoint before each kill recorded is skipped when the broker delivers
+/// it again, so the saved counts per key are exact.
+#[test]
+fn keyed_counts_are_exact_after_repeated_kill_9() {
+    counts_exactly_across_interruptions("kills", |run, _| {
+        std::thread::sleep(Duration::from_millis(random_in(100..900)));
+        run.kill9();
+    });
+}
+
+/// count-by-key over 150,000 messages of 13 keys, from a Pulsar topic with
+/// producer batches; eight runs ended by `interrupt` soon after they
+/// subscribed, then one to the end; the saved counts and the latest totals
+/// written must be exact.
+fn counts_exactly_across_interruptions(tag: &str, interrupt: impl Fn(LoggedWeir, u32)) {
+    const N: u64 = 150_000;
+    const KEYS: u64 = 13;
+    const ROUNDS: u32 = 8;
+    let broker = PulsarLite::start();
+    let scratch = Scratch::new();
+    produce(&broker, &scratch, &topic(&format!("{tag}-in")), N, KEYS, 0);
+    let pipeline = |out: &str| {
+        format!(
+            r#"
+            [[source]]
+            name = "in"
+            uri = "pulsar://{}/public/default/{tag}-in"
+            batch_size = 100
+
+            [[stage]]
+            name = "count"
+            plugin = "{}"
+            concurrency = 2
+            dispatch = "partition"
+            partition_by = "key"
+
+            [[sink]]
+            name = "out"
+            uri = "file://{}"
+            batch = {{ max_size = 1000, max_wait_ms = 5 }}
+
+            [state]
+            dir = "{}"
+            checkpoint_interval_ms = 100
+            "#,
+            broker.addr(),
+            plugin("count-by-key").display(),
+            scratch.path(out).display(),
+            scratch.path("state").display()
+        )
+    };
+    let start = |round: u32| {
+        let tag = format!("{tag}-{round}");
+        let mut run = LoggedWeir::run_text(&pipeline(&format!("out-{round}.ndjson")), &scratch, &tag);
+        let log = run.log_path().to_path_buf();
+        run.wait_for("subscribed", || {
+            std::fs::read_to_string(&log).unwrap_or_default().contains("Pulsar source started")
+        });
+        run
+    };
+    // The latest total of each key over every run's output.
+    let totals = || {
+        let mut latest: BTreeMap<String, u64> = BTreeMap::new();
+        for round in 0..=ROUNDS {
+            for line in scratch.json_lines(&format!("out-{round}.ndjson")) {
+                let value: serde_json::Value = serde_json::from_str(line["value"].as_str().unwrap()).unwrap();
+                let total = value["count"].as_u64().unwrap_or_else(|| panic!("no count in {line}"));
+                let key = line["key"].as_str().unwrap().to_string();
+                let entry = latest.entry(key).or_default();
+                *entry = (*entry).max(total);
+            }
+        }
+        latest
+    };
+    for round in 0..ROUNDS {
+        interrupt(start(round), round);
+    }
+    let mut last = start(ROUNDS);
+    last.wait_for("every message counted", || totals().values().sum::<u64>() >= N);
+    last.stop();
+    let file = scratch.path(&format!("{tag}-{ROUNDS}.toml"));
+    let expected = counts_per_key(N, KEYS, "k");
+    assert_eq!(saved_counts(&file, "count"), expected, "saved counts");
+    assert_eq!(totals(), expected, "latest totals written");
+}
+
+/// `/metrics` while a slow sink holds the subscription back: its backlog
+/// and this consumer's unacknowledged messages rise above 0, then read
+/// exactly 0 once everything is written and acknowledged.
+#[test]
+fn backlog_rises_while_the_sink_is_slow_then_returns_to_zero() {
+    const N: u64 = 3_000;
+    let broker = PulsarLite::start();
+    let scratch = Scratch::new();
+    let input = topic("backlog-in");
+    produce(&broker, &scratch, &input, N, 10, 0);
+    let admin = free_port();
+    // 50 messages per 200 ms: about twelve seconds behind (pulsar-lite
+    // refreshes its figures every few seconds).
+    let text = format!(
+        r#"
+        [[source]]
+        name = "in"
+        uri = "pulsar://{}/public/default/backlog-in"
+        batch_size = 50
+
+        [[sink]]
+        name = "out"
+        uri = "null://?delay_ms=200"
+        batch = {{ max_size = 50, max_wait_ms = 0 }}
+
+        [admin]
+        listen = "127.0.0.1:{admin}"
+        "#,
+        broker.addr()
+    );
+    let mut weir = LoggedWeir::run_text(&text, &scratch, "backlog");
+    let source = [("component", "in"), ("kind", "source"), ("partition", input.as_str())];
+    let sink = [("component", "out"), ("kind", "sink")];
+
+    let mut slow = None;
+    weir.wait_for("backlog and unacknowledged above 0", || {
+        let m = Metrics::try_scrape(admin);
+        let seen = m.as_ref().is_some_and(|m| {
+            m.get("weir_source_lag_events", &source).is_some_and(|v| v > 0.0)
+                && m.get("weir_source_pending_events", &source).is_some_and(|v| v > 0.0)
+        });
+        if seen {
+            slow = m;
+        }
+        seen
+    });
+    let m = slow.unwrap();
+    let (backlog, pending) =
+        (m.value("weir_source_lag_events", &source), m.value("weir_source_pending_events", &source));
+    let written = m.value("weir_component_sent_events_total", &sink);
+    eprintln!("while the sink was slow: backlog {backlog}, unacknowledged {pending}, {written} of {N} written");
+    // The backlog counts broker entries (a producer batch is one) and never
+    // more than were produced.
+    assert!(backlog <= N as f64 && pending <= N as f64, "{backlog}, {pending}");
+    assert!(written < N as f64, "still behind: {written}");
+
+    weir.wait_for("everything written", || {
+        Metrics::scrape(admin).get("weir_component_sent_events_total", &sink) == Some(N as f64)
+    });
+    let mut last = String::new();
+    let zero = wait_until(Duration::from_secs(30), || {
+        let m = Metrics::scrape(admin);
+        let zero =
+            m.value("weir_source_lag_events", &source) == 0.0 && m.value("weir_source_pending_events", &source) == 0.0;
+        last = m.text;
+        zero
+    });
+    assert!(zero, "the gauges did not return to 0:\n{last}");
+    weir.stop();
+}
+
 /// `weir relay`: file → Pulsar, then Pulsar → stdout.
 #[test]
 fn relay_file_to_pulsar_and_pulsar_to_stdout() {
@@ -472,7 +583,7 @@ fn relay_file_to_pulsar_and_pulsar_to_stdout() {
         LONG,
     );
     assert!(out.status.success(), "{:?}", text(&out));
-    let mut relay = Weir::start(
+    let mut relay = LoggedWeir::start(
         &["relay", "--input", &format!("{uri}?subscription=relay"), "--output", "stdio://", "--format", "raw"],
         &scratch,
         "relay",

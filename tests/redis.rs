@@ -6,16 +6,14 @@
 mod support;
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis::{Commands, Value};
 use support::{
-    Metrics, Scratch, counts_per_key, free_port, plugin, random_in, redis_server, run_weir, saved_counts, text,
-    wait_until, weir,
+    LoggedWeir, Metrics, Scratch, counts_per_key, free_port, plugin, random_in, redis_server, run_weir, saved_counts,
+    text, wait_until,
 };
 
 const SHARED: &str = "127.0.0.1:6379";
@@ -187,72 +185,6 @@ fn xlen(conn: &mut redis::Connection, stream: &str) -> u64 {
     conn.xlen(stream).unwrap_or(0)
 }
 
-/// A running `weir` process, its stdout and stderr going to files.
-struct Weir {
-    child: Child,
-    log: PathBuf,
-    stdout: PathBuf,
-}
-
-impl Weir {
-    fn start(args: &[&str], scratch: &Scratch, tag: &str) -> Self {
-        let log = scratch.path(&format!("{tag}.log"));
-        let stdout = scratch.path(&format!("{tag}.out"));
-        let child = weir()
-            .args(args)
-            .env("WEIR_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(File::create(&stdout).unwrap())
-            .stderr(File::create(&log).unwrap())
-            .spawn()
-            .expect("starting weir");
-        Weir { child, log, stdout }
-    }
-
-    fn run(file: &Path, scratch: &Scratch, tag: &str) -> Self {
-        Self::start(&["run", file.to_str().unwrap()], scratch, tag)
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn running(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_none()
-    }
-
-    /// Waits for `condition`, failing (with the log) after the deadline or if
-    /// weir exits meanwhile.
-    fn wait_for(&mut self, what: &str, mut condition: impl FnMut() -> bool) {
-        let ok = wait_until(LONG, || condition() || !self.running());
-        assert!(ok && self.running(), "{what}: not reached (or weir exited); log:\n{}", self.log());
-    }
-
-    /// SIGTERM, then the exit status, which must be 0 (drained).
-    fn stop(mut self) -> String {
-        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
-        assert!(status.success());
-        assert!(wait_until(LONG, || !self.running()), "weir did not stop on SIGTERM; log:\n{}", self.log());
-        let code = self.child.wait().unwrap().code();
-        assert_eq!(code, Some(0), "weir must drain and exit 0; log:\n{}", self.log());
-        std::fs::read_to_string(&self.stdout).unwrap_or_default()
-    }
-
-    fn kill9(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for Weir {
-    fn drop(&mut self) {
-        if self.running() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
 /// A pipeline: Redis stream → [plugin] → Redis stream.
 fn redis_pipeline(addr: &str, input: &str, group: &str, output: &str, stage: &str, extra_source: &str) -> String {
     format!(
@@ -305,7 +237,7 @@ fn end_to_end_file_to_stream_through_a_plugin_to_stream() {
     assert_eq!(xlen(&mut conn, &input), N);
 
     let pipeline = scratch.write("p.toml", &redis_pipeline(SHARED, &input, &group, &output, &passthrough_stage(), ""));
-    let mut weir = Weir::run(&pipeline, &scratch, "e2e");
+    let mut weir = LoggedWeir::run(&pipeline, &scratch, "e2e");
     weir.wait_for("all 100,000 acknowledged", || xlen(&mut conn, &output) >= N && consumed(&mut conn, &input, &group));
     weir.stop();
 
@@ -346,14 +278,14 @@ fn crash_and_restart_delivers_everything_at_least_once() {
     let pipeline =
         scratch.write("p.toml", &redis_pipeline(SHARED, &input, &group, &output, &stage, "batch_size = 100"));
 
-    let mut first = Weir::run(&pipeline, &scratch, "crash-1");
+    let mut first = LoggedWeir::run(&pipeline, &scratch, "crash-1");
     first.wait_for("a first part written", || xlen(&mut conn, &output) >= 5_000);
     first.kill9();
     let before = xlen(&mut conn, &output);
     let pending = group_info(&mut conn, &input, &group).unwrap().pending;
     assert!(before < N, "the run should have been interrupted mid-way ({before} of {N} written)");
 
-    let mut second = Weir::run(&pipeline, &scratch, "crash-2");
+    let mut second = LoggedWeir::run(&pipeline, &scratch, "crash-2");
     second.wait_for("everything acknowledged after the restart", || consumed(&mut conn, &input, &group));
     let log = second.log();
     second.stop();
@@ -421,12 +353,12 @@ fn keyed_counts_are_exact_after_repeated_kill_9() {
     for round in 0..5u64 {
         // Each run is killed a little further into the stream, at a random point.
         let target = (round * N / 6 + random_in(N / 12..N / 6)).min(N - 1);
-        let mut weir = Weir::run(&pipeline, &scratch, &format!("exact-{round}"));
+        let mut weir = LoggedWeir::run(&pipeline, &scratch, &format!("exact-{round}"));
         weir.wait_for("the group to read further", || read(&mut conn) >= target);
         weir.kill9();
         kills.push(read(&mut conn));
     }
-    let mut last = Weir::run(&pipeline, &scratch, "exact-last");
+    let mut last = LoggedWeir::run(&pipeline, &scratch, "exact-last");
     last.wait_for("everything acknowledged", || consumed(&mut conn, &input, &group));
     last.stop();
 
@@ -513,7 +445,7 @@ fn redis_restart_mid_run_loses_nothing() {
         plugin("probe").display()
     );
     let pipeline = scratch.write("p.toml", &redis_pipeline(&addr, input, group, output, &stage, "batch_size = 100"));
-    let mut weir = Weir::run(&pipeline, &scratch, "restart");
+    let mut weir = LoggedWeir::run(&pipeline, &scratch, "restart");
     weir.wait_for("a first part written", || xlen(&mut conn, output) >= 1_000);
     server.restart();
     let mut conn = connect(&addr);
@@ -546,12 +478,12 @@ fn two_processes_in_one_group_share_the_work() {
     let () =
         redis::cmd("XGROUP").arg("CREATE").arg(&input).arg(&group).arg("$").arg("MKSTREAM").query(&mut conn).unwrap();
     let scratches = [Scratch::new(), Scratch::new()];
-    let mut runs: Vec<Weir> = (0..2)
+    let mut runs: Vec<LoggedWeir> = (0..2)
         .map(|i| {
             // Two pipeline files at two paths: two default consumer names.
             let text = redis_pipeline(SHARED, &input, &group, &outputs[i], &passthrough_stage(), "batch_size = 50");
             let file = scratches[i].write("p.toml", &text);
-            Weir::run(&file, &scratches[i], "scale")
+            LoggedWeir::run(&file, &scratches[i], "scale")
         })
         .collect();
     runs[0]
@@ -600,7 +532,7 @@ fn binary_keys_values_and_headers_round_trip() {
     xadd_all(&mut conn, &input, &entries);
     let scratch = Scratch::new();
     let pipeline = scratch.write("p.toml", &redis_pipeline(SHARED, &input, &group, &output, &passthrough_stage(), ""));
-    let mut weir = Weir::run(&pipeline, &scratch, "bin");
+    let mut weir = LoggedWeir::run(&pipeline, &scratch, "bin");
     weir.wait_for("all written", || xlen(&mut conn, &output) >= 3 && consumed(&mut conn, &input, &group));
     weir.stop();
     let written: Vec<Fields> = read_stream(&mut conn, &output).into_iter().map(|(_, f)| f).collect();
@@ -632,7 +564,7 @@ fn entries_left_by_a_dead_consumer_are_claimed() {
     let scratch = Scratch::new();
     let text = redis_pipeline(SHARED, &input, &group, &output, "", "claim_idle_ms = 200");
     let pipeline = scratch.write("p.toml", &text);
-    let mut weir = Weir::run(&pipeline, &scratch, "claim");
+    let mut weir = LoggedWeir::run(&pipeline, &scratch, "claim");
     weir.wait_for("the dead consumer's entries processed", || {
         xlen(&mut conn, &output) >= N && consumed(&mut conn, &input, &group)
     });
@@ -678,7 +610,7 @@ fn lag_and_pending_rise_while_the_sink_is_slow_then_return_to_zero() {
         "#
     );
     let pipeline = scratch.write("p.toml", &text);
-    let mut weir = Weir::run(&pipeline, &scratch, "lag");
+    let mut weir = LoggedWeir::run(&pipeline, &scratch, "lag");
     let source = [("component", "in"), ("kind", "source"), ("partition", input.as_str())];
     let sink = [("component", "out"), ("kind", "sink")];
 
@@ -752,15 +684,16 @@ fn relay_file_to_redis_and_redis_to_stdout() {
     assert_eq!(stored, (0..N).map(|i| format!("line {i}").into_bytes()).collect::<Vec<_>>());
 
     let input = format!("redis://{SHARED}/{stream}?group={group}");
-    let mut relay = Weir::start(
+    let mut relay = LoggedWeir::start(
         &["relay", "--input", &input, "--output", "stdio://", "--plugin", plugin("passthrough").to_str().unwrap()],
         &scratch,
         "relay",
     );
     relay.wait_for("everything relayed", || consumed(&mut conn, &stream, &group));
-    let stdout = relay.stop();
-    let values: Vec<String> = stdout
-        .lines()
+    relay.stop();
+    let values: Vec<String> = scratch
+        .lines("relay.out")
+        .iter()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|e| panic!("{l}: {e}")))
         .map(|v| v["value"].as_str().unwrap().to_string())
         .collect();

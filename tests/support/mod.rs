@@ -444,6 +444,95 @@ impl Drop for Running {
     }
 }
 
+/// How long a [`LoggedWeir`] waits for a condition or for its exit: runs
+/// against a broker move a few hundred thousand messages at most.
+pub const LOGGED_WEIR_LIMIT: Duration = Duration::from_secs(240);
+
+/// A `weir` process in the background with its stderr and stdout in files
+/// of a scratch folder (`TAG.log`, `TAG.out`), for tests that run weir
+/// against a broker, kill it and start it again.
+pub struct LoggedWeir {
+    child: Child,
+    log: PathBuf,
+}
+
+impl LoggedWeir {
+    /// Starts `weir ARGS`, its output to `TAG.log` and `TAG.out` in `scratch`.
+    pub fn start(args: &[&str], scratch: &Scratch, tag: &str) -> Self {
+        let log = scratch.path(&format!("{tag}.log"));
+        let child = weir()
+            .args(args)
+            .env("WEIR_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(scratch.path(&format!("{tag}.out"))).expect("stdout file"))
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("starting weir");
+        LoggedWeir { child, log }
+    }
+
+    /// `weir run FILE`.
+    pub fn run(file: &Path, scratch: &Scratch, tag: &str) -> Self {
+        Self::start(&["run", file.to_str().expect("UTF-8 path")], scratch, tag)
+    }
+
+    /// Writes `pipeline` as `TAG.toml` and runs it.
+    pub fn run_text(pipeline: &str, scratch: &Scratch, tag: &str) -> Self {
+        Self::run(&scratch.write(&format!("{tag}.toml"), pipeline), scratch, tag)
+    }
+
+    /// The log file.
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    /// The log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Whether the process still runs.
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().expect("waiting for weir").is_none()
+    }
+
+    /// Waits for `condition`, failing (with the log) after the deadline or if
+    /// weir exits meanwhile.
+    pub fn wait_for(&mut self, what: &str, mut condition: impl FnMut() -> bool) {
+        let ok = wait_until(LOGGED_WEIR_LIMIT, || condition() || !self.running());
+        assert!(ok && self.running(), "{what}: not reached (or weir exited); log:\n{}", self.log());
+    }
+
+    /// SIGTERM; weir must drain and exit 0. Returns the log.
+    pub fn stop(mut self) -> String {
+        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().expect("kill");
+        assert!(status.success());
+        assert!(
+            wait_until(LOGGED_WEIR_LIMIT, || !self.running()),
+            "weir did not stop on SIGTERM; log:\n{}",
+            self.log()
+        );
+        let code = self.child.wait().expect("waiting for weir").code();
+        assert_eq!(code, Some(0), "weir must drain and exit 0; log:\n{}", self.log());
+        self.log()
+    }
+
+    /// SIGKILL: no chance to drain or save anything.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for LoggedWeir {
+    fn drop(&mut self) {
+        if self.running() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 impl Scratch {
     /// Writes `pipeline` as `pipeline.toml` and starts `weir run` on it in
     /// the background.

@@ -11,19 +11,29 @@
 //! weir cannot consume from pulsar-lite directly. The proxy sits between
 //! them, passes everything through and inserts the missing section into the
 //! broker's message frames; it also points lookup answers at itself so that
-//! the client does not bypass it. It changes nothing else, so the tests
-//! exercise weir against the broker's real behaviour. The official Python
-//! client reads frames either way and talks to the broker directly.
+//! the client does not bypass it. The official Python client reads frames
+//! either way and talks to the broker directly.
+//!
+//! **Consumer stats.** pulsar-lite 0.2.0 does not implement the protocol's
+//! consumer-stats request (it logs "Unsupported command type: 25" and never
+//! answers), which weir uses for a source's backlog gauge. The proxy answers
+//! it with the broker's own figures for that subscription, read from the
+//! broker's Prometheus endpoint (`pulsar_subscription_back_log` and
+//! `pulsar_subscription_unacked_messages`, which pulsar-lite refreshes every
+//! few seconds). Everything else passes through unchanged, so the tests
+//! exercise weir against the broker's real behaviour.
 
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use prost::Message as _;
-use pulsar::proto::BaseCommand;
+use pulsar::proto::base_command::Type;
+use pulsar::proto::{BaseCommand, CommandConsumerStatsResponse};
 
 use super::{free_port, provision, wait_until};
 
@@ -95,15 +105,16 @@ pub struct PulsarLite {
 }
 
 impl PulsarLite {
-    /// Starts a broker (metrics listener off, every address on loopback)
-    /// and its proxy.
+    /// Starts a broker (every address on loopback, its metrics listener
+    /// for the proxy's consumer-stats answers) and its proxy.
     pub fn start() -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        std::fs::write(dir.path().join("pulsar-lite.toml"), "[metrics]\nenabled = false\n").expect("config");
-        let port = free_port();
+        let (port, metrics_port) = (free_port(), free_port());
+        let config = format!("[metrics]\nenabled = true\naddr = \"127.0.0.1:{metrics_port}\"\n");
+        std::fs::write(dir.path().join("pulsar-lite.toml"), config).expect("config");
         let listener = TcpListener::bind("127.0.0.1:0").expect("proxy listener");
         let proxy_port = listener.local_addr().unwrap().port();
-        std::thread::spawn(move || proxy(listener, port));
+        std::thread::spawn(move || proxy(listener, port, metrics_port));
         let mut broker = PulsarLite { child: None, port, proxy_port, dir };
         broker.spawn();
         broker
@@ -185,7 +196,7 @@ impl Drop for PulsarLite {
 }
 
 /// Accepts clients for ever, each on its own pair of threads.
-fn proxy(listener: TcpListener, broker_port: u16) {
+fn proxy(listener: TcpListener, broker_port: u16, metrics_port: u16) {
     let own = format!("pulsar://127.0.0.1:{}", listener.local_addr().unwrap().port());
     for client in listener.incoming().map_while(Result::ok) {
         let Ok(broker) = TcpStream::connect(("127.0.0.1", broker_port)) else {
@@ -195,31 +206,116 @@ fn proxy(listener: TcpListener, broker_port: u16) {
         };
         let _ = client.set_nodelay(true);
         let _ = broker.set_nodelay(true);
-        let (mut c_read, mut b_write) = (client.try_clone().unwrap(), broker.try_clone().unwrap());
+        // Both threads write whole frames to the client: the broker's, and
+        // the proxy's consumer-stats answers.
+        let to_client = Arc::new(Mutex::new(client.try_clone().unwrap()));
+        let (mut c_read, mut b_write) = (client, broker.try_clone().unwrap());
+        let answers = to_client.clone();
         std::thread::spawn(move || {
-            let _ = std::io::copy(&mut c_read, &mut b_write);
+            let _ = forward_requests(&mut c_read, &mut b_write, &answers, metrics_port);
             let _ = b_write.shutdown(Shutdown::Both);
         });
         let own = own.clone();
         std::thread::spawn(move || {
-            let (mut b_read, mut c_write) = (broker, client);
-            let _ = reframe(&mut b_read, &mut c_write, &own);
-            let _ = c_write.shutdown(Shutdown::Both);
+            let mut b_read = broker;
+            let _ = reframe(&mut b_read, &to_client, &own);
+            let _ = to_client.lock().unwrap().shutdown(Shutdown::Both);
             let _ = b_read.shutdown(Shutdown::Both);
         });
     }
 }
 
+/// One frame: `[size][command size][command][rest]`, as read.
+fn read_frame(from: &mut impl Read) -> std::io::Result<([u8; 4], Vec<u8>)> {
+    let mut size = [0u8; 4];
+    from.read_exact(&mut size)?;
+    let mut frame = vec![0u8; u32::from_be_bytes(size) as usize];
+    from.read_exact(&mut frame)?;
+    Ok((size, frame))
+}
+
+/// A frame holding only `command`.
+fn command_frame(command: &BaseCommand) -> Vec<u8> {
+    let command = command.encode_to_vec();
+    let mut out = Vec::with_capacity(8 + command.len());
+    out.extend_from_slice(&(4 + command.len() as u32).to_be_bytes());
+    out.extend_from_slice(&(command.len() as u32).to_be_bytes());
+    out.extend_from_slice(&command);
+    out
+}
+
+/// Copies the client's frames to the broker, answering consumer-stats
+/// requests itself (see the module's comment).
+fn forward_requests(
+    from: &mut TcpStream,
+    to: &mut TcpStream,
+    answers: &Mutex<TcpStream>,
+    metrics_port: u16,
+) -> std::io::Result<()> {
+    let mut buffered = std::io::BufReader::with_capacity(1 << 16, from);
+    let mut to = std::io::BufWriter::with_capacity(1 << 16, to);
+    // consumer id → (topic, subscription), from the client's subscribes.
+    let mut consumers: HashMap<u64, (String, String)> = HashMap::new();
+    loop {
+        let (size, frame) = read_frame(&mut buffered)?;
+        let command_size = u32::from_be_bytes(frame[..4].try_into().unwrap()) as usize;
+        let command = BaseCommand::decode(&frame[4..4 + command_size]).map_err(std::io::Error::other)?;
+        if let Some(subscribe) = &command.subscribe {
+            consumers.insert(subscribe.consumer_id, (subscribe.topic.clone(), subscribe.subscription.clone()));
+        }
+        if let Some(stats) = &command.consumer_stats {
+            let figures =
+                consumers.get(&stats.consumer_id).map(|(topic, sub)| subscription_figures(metrics_port, topic, sub));
+            let (backlog, unacked) = figures.flatten().unwrap_or((0, 0));
+            let answer = BaseCommand {
+                r#type: Type::ConsumerStatsResponse as i32,
+                consumer_stats_response: Some(CommandConsumerStatsResponse {
+                    request_id: stats.request_id,
+                    msg_backlog: Some(backlog),
+                    unacked_messages: Some(unacked),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            answers.lock().unwrap().write_all(&command_frame(&answer))?;
+            continue;
+        }
+        to.write_all(&size)?;
+        to.write_all(&frame)?;
+        // Frames go on in bulk while more are already read, at once when not.
+        if buffered.buffer().is_empty() {
+            to.flush()?;
+        }
+    }
+}
+
+/// `(backlog, unacknowledged)` of `subscription` on `topic`
+/// (`persistent://tenant/ns/name`) from the broker's Prometheus endpoint.
+fn subscription_figures(metrics_port: u16, topic: &str, subscription: &str) -> Option<(u64, u64)> {
+    let path = topic.split_once("://").map_or(topic, |(_, path)| path);
+    let (namespace, name) = path.rsplit_once('/')?;
+    let mut http = TcpStream::connect(("127.0.0.1", metrics_port)).ok()?;
+    http.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut text = String::new();
+    http.read_to_string(&mut text).ok()?;
+    let labels =
+        format!("namespace=\"{namespace}\",partition=\"-1\",subscription=\"{subscription}\",topic=\"{name}\"}}");
+    let value = |metric: &str| {
+        text.lines()
+            .find(|l| l.starts_with(&format!("{metric}{{")) && l.contains(&labels))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .map(|v| v as u64)
+    };
+    Some((value("pulsar_subscription_back_log")?, value("pulsar_subscription_unacked_messages")?))
+}
+
 /// Copies the broker's frames to the client, adding the checksum section to
 /// message frames that lack it and pointing lookup answers at `own`.
-fn reframe(from: &mut TcpStream, to: &mut TcpStream, own: &str) -> std::io::Result<()> {
+fn reframe(from: &mut TcpStream, to: &Mutex<TcpStream>, own: &str) -> std::io::Result<()> {
     let mut buffered = std::io::BufReader::with_capacity(1 << 16, from);
     let mut out = Vec::with_capacity(1 << 16);
     loop {
-        let mut size = [0u8; 4];
-        buffered.read_exact(&mut size)?;
-        let mut frame = vec![0u8; u32::from_be_bytes(size) as usize];
-        buffered.read_exact(&mut frame)?;
+        let (size, frame) = read_frame(&mut buffered)?;
         let command_size = u32::from_be_bytes(frame[..4].try_into().unwrap()) as usize;
         let (command, rest) = frame[4..].split_at(command_size);
         out.clear();
@@ -229,10 +325,7 @@ fn reframe(from: &mut TcpStream, to: &mut TcpStream, own: &str) -> std::io::Resu
                 && lookup.broker_service_url.is_some()
             {
                 lookup.broker_service_url = Some(own.to_string());
-                let command = decoded.encode_to_vec();
-                out.extend_from_slice(&(4 + command.len() as u32).to_be_bytes());
-                out.extend_from_slice(&(command.len() as u32).to_be_bytes());
-                out.extend_from_slice(&command);
+                out.extend_from_slice(&command_frame(&decoded));
             } else {
                 out.extend_from_slice(&size);
                 out.extend_from_slice(&frame);
@@ -248,7 +341,7 @@ fn reframe(from: &mut TcpStream, to: &mut TcpStream, own: &str) -> std::io::Resu
             out.extend_from_slice(&crc32c(rest).to_be_bytes());
             out.extend_from_slice(rest);
         }
-        to.write_all(&out)?;
+        to.lock().unwrap().write_all(&out)?;
     }
 }
 

@@ -45,11 +45,21 @@
 //! name given twice cannot be written as it is: its batch goes to the dead
 //! letter, naming the message and the header.
 //!
+//! With stage state, acknowledgements wait for the checkpoint that covers
+//! them, and the checkpoint records what they finished, so that a restart
+//! applies nothing twice to state (see `positions`).
+//!
+//! # Backlog
+//! With `/metrics` served, the source reports its subscription's backlog and
+//! its unacknowledged messages (see `backlog`).
+//!
 //! # Reconnecting
 //! When the broker goes away the source and the sink reconnect with backoff
 //! (100 ms doubling to 5 s). Messages in flight from the old connection are
 //! delivered again by the broker (duplicates, never loss).
 
+mod backlog;
+mod positions;
 mod sink;
 mod source;
 

@@ -7,7 +7,7 @@
 //! [`Partitions`]; a batch's position is the ids of its messages.
 
 use std::collections::{HashMap, HashSet};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use async_trait::async_trait;
@@ -16,6 +16,8 @@ use pulsar::consumer::{ConsumerOptions, InitialPosition, Message as PulsarMessag
 use pulsar::proto::MessageIdData;
 use pulsar::{Consumer, TokioExecutor};
 
+use super::backlog::Backlog;
+use super::positions::{Book, Skip, Verdict};
 use super::{PulsarSourceSpec, Start, client, explain};
 use crate::connectors::{Read, Source, SourceContext};
 use crate::flow::ack::{AckTracker, Released};
@@ -49,19 +51,23 @@ struct Partitions {
 }
 
 impl Partitions {
-    fn index(&mut self, topic: &str) -> u32 {
+    /// The index of `topic`, told to `book` when it is new.
+    fn index(&mut self, topic: &str, book: &Book) -> u32 {
         match self.names.iter().position(|t| t == topic) {
             Some(i) => i as u32,
             None => {
                 self.names.push(topic.to_string());
-                (self.names.len() - 1) as u32
+                let index = (self.names.len() - 1) as u32;
+                book.name(index, topic);
+                index
             }
         }
     }
 }
 
-/// The identity of a broker entry: what a broker acknowledges.
-type EntryKey = (u32, u64, u64, i32);
+/// The identity of a broker entry: what a broker acknowledges (partition
+/// index, ledger, entry).
+type EntryKey = (u32, u64, u64);
 
 /// Decides which ids to acknowledge as batches are released.
 struct Acks {
@@ -80,7 +86,7 @@ impl Acks {
         for Handed { id, entry_size } in handed {
             let complete = match (entry_size, id.batch_index) {
                 (Some(size), Some(index)) if size > 1 => {
-                    let key = (partition, id.ledger_id, id.entry_id, id.partition.unwrap_or(-1));
+                    let key = (partition, id.ledger_id, id.entry_id);
                     let (done, _) = self.entries.entry(key).or_insert_with(|| (HashSet::new(), Instant::now()));
                     done.insert(index);
                     if done.len() as i32 >= size {
@@ -115,6 +121,12 @@ impl Acks {
         }
         out
     }
+}
+
+/// The partition number of a partitioned topic's partition
+/// (`…-partition-N`), -1 for a topic without partitions.
+fn partition_number(topic: &str) -> i32 {
+    topic.rsplit_once("-partition-").and_then(|(_, n)| n.parse().ok()).unwrap_or(-1)
 }
 
 /// The id of a message's whole entry.
@@ -211,17 +223,26 @@ struct Run<'a> {
     released: Released<Vec<Handed>>,
     partitions: Partitions,
     acks: Acks,
+    backlog: Option<Backlog>,
+    /// The checkpoint records' side of the source.
+    book: Book,
+    /// What the previous run's last checkpoint recorded as applied.
+    skip: Skip,
 }
 
 #[async_trait]
 impl Source for PulsarSource {
     async fn run(self: Box<Self>, ctx: SourceContext) -> Result<()> {
         let spec = self.spec;
-        // Acknowledgements wait for the checkpoint that covers them. (No
-        // record for a restart to re-apply yet: a crash between a checkpoint
-        // and its acknowledgements reaching the broker delivers those
-        // messages again.)
-        let (tracker, released) = ctx.checkpointed_tracker::<Vec<Handed>>(Box::new(|_, _| None));
+        // Acknowledgements wait for the checkpoint that covers them, which
+        // records what they finished (see `positions`).
+        let skip = Skip::restore(ctx.restored(), ctx.name());
+        let book = Book::restored(&skip);
+        let recorder = book.clone();
+        let (tracker, released) = ctx.checkpointed_tracker::<Vec<Handed>>(Box::new(move |partition, batches| {
+            let ids = batches.iter().flat_map(|handed| handed.iter().map(|h| (&h.id, h.entry_size)));
+            recorder.record(partition, ids).map(|(topic, record)| (topic, Some(record)))
+        }));
         let mut run = Run {
             spec: &spec,
             ctx: &ctx,
@@ -229,7 +250,11 @@ impl Source for PulsarSource {
             released,
             partitions: Partitions::default(),
             acks: Acks { cumulative: spec.kind.cumulative(), entries: HashMap::new() },
+            backlog: Backlog::new(ctx.name(), &spec.topic),
+            book,
+            skip,
         };
+        run.restore_partial_entries();
         let mut backoff = Backoff::default();
         let mut consumer: Option<Consumer<Vec<u8>, TokioExecutor>> = None;
         let mut connected_before = false;
@@ -253,6 +278,8 @@ impl Source for PulsarSource {
                         }
                         connected_before = true;
                         backoff.reset();
+                        let mut c = c;
+                        run.acknowledge_recorded(&mut c).await;
                         c
                     }
                     Err(e) => {
@@ -305,15 +332,52 @@ impl Source for PulsarSource {
             }
         }
         if let Some(mut c) = consumer {
-            // Closing flushes the acknowledgements sent above before the
-            // connection goes.
-            if let Err(e) = c.close().await {
-                tracing::warn!(source = ctx.name(), "closing the Pulsar consumer: {e}");
+            let discarded = flush_acknowledgements(&mut c).await;
+            if discarded > 0 {
+                tracing::debug!(source = ctx.name(), discarded, "prefetched Pulsar messages left for redelivery");
+            }
+            match tokio::time::timeout(CLOSE_DEADLINE, c.close()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(source = ctx.name(), "closing the Pulsar consumer: {e}"),
+                Err(_) => tracing::warn!(
+                    source = ctx.name(),
+                    "closing the Pulsar consumer took over {CLOSE_DEADLINE:?}; the broker closes it with the connection"
+                ),
             }
         }
         tracing::info!(source = ctx.name(), "Pulsar source stopped");
         Ok(())
     }
+}
+
+/// Longest wait for the broker to confirm the consumer's close.
+const CLOSE_DEADLINE: Duration = Duration::from_secs(5);
+
+/// How long the consumer must stay quiet before its acknowledgements count
+/// as sent, and the longest the flush may take.
+const FLUSH_QUIET: Duration = Duration::from_millis(200);
+const FLUSH_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Lets the acknowledgements queued in pulsar-rs's consumer engine reach
+/// the broker, and returns how many prefetched messages were discarded.
+///
+/// The engine handles received messages and acknowledgements in one queue,
+/// and handing a message on waits for room in the consumer's channel; once
+/// weir stops reading, acknowledgements wait behind the messages the broker
+/// sent ahead. Reading (and discarding: they were never acknowledged, so the
+/// broker delivers them again) until the consumer is quiet lets them
+/// through.
+async fn flush_acknowledgements(consumer: &mut Consumer<Vec<u8>, TokioExecutor>) -> usize {
+    let deadline = tokio::time::Instant::now() + FLUSH_DEADLINE;
+    let mut discarded = 0;
+    while tokio::time::Instant::now() < deadline {
+        match tokio::time::timeout(FLUSH_QUIET, consumer.next()).await {
+            Ok(Some(Ok(_))) => discarded += 1,
+            // Quiet, failed or ended: nothing more comes through.
+            _ => break,
+        }
+    }
+    discarded
 }
 
 async fn send_ack(
@@ -381,6 +445,12 @@ impl Run<'_> {
                     self.acknowledge(consumer, partition, handed).await;
                     continue;
                 }
+                _ = Backlog::due(&mut self.backlog) => {
+                    if let Some(backlog) = self.backlog.as_mut() {
+                        backlog.report(consumer).await;
+                    }
+                    continue;
+                }
                 next = consumer.next() => next,
             };
             let mut next = Some(first);
@@ -391,14 +461,18 @@ impl Run<'_> {
                     Some(Err(e)) => return End::Reconnect(explain(&e)),
                     Some(Ok(m)) => {
                         taken += 1;
-                        let partition = self.partitions.index(&m.topic);
-                        let handed = Handed { id: m.message_id().clone(), entry_size: m.message_id.batch_size };
-                        let message = convert(m).map_err(|(value, reason)| (Message::from_value(value), reason));
-                        buffers.add(partition, message, handed);
-                        if buffers.full(partition, batch) {
-                            let (read, ids) = buffers.take(partition).expect("full");
-                            if self.ctx.hand_over(&self.tracker, partition, ids, read).await.is_err() {
-                                return End::Stop;
+                        let partition = self.partitions.index(&m.topic, &self.book);
+                        if self.applied_before(consumer, partition, &m).await {
+                            // Its effects are in the restored state already.
+                        } else {
+                            let handed = Handed { id: m.message_id().clone(), entry_size: m.message_id.batch_size };
+                            let message = convert(m).map_err(|(value, reason)| (Message::from_value(value), reason));
+                            buffers.add(partition, message, handed);
+                            if buffers.full(partition, batch) {
+                                let (read, ids) = buffers.take(partition).expect("full");
+                                if self.ctx.hand_over(&self.tracker, partition, ids, read).await.is_err() {
+                                    return End::Stop;
+                                }
                             }
                         }
                     }
@@ -415,6 +489,56 @@ impl Run<'_> {
             }
             while let Ok((partition, handed)) = self.released.try_recv() {
                 self.acknowledge(consumer, partition, handed).await;
+            }
+        }
+    }
+
+    /// Whether the previous run applied message `m` (its last checkpoint
+    /// recorded it): a message of an entry it finished is acknowledged
+    /// (again) as part of the entry, and neither is handed on.
+    async fn applied_before(
+        &mut self,
+        consumer: &mut Consumer<Vec<u8>, TokioExecutor>,
+        partition: u32,
+        m: &PulsarMessage<Vec<u8>>,
+    ) -> bool {
+        if self.skip.is_empty() {
+            return false;
+        }
+        match self.skip.verdict(&m.topic, m.message_id()) {
+            Verdict::New => false,
+            Verdict::Applied => true,
+            Verdict::Finished => {
+                send_ack(consumer, &self.partitions, partition, entry_id(m.message_id()), false).await;
+                true
+            }
+        }
+    }
+
+    /// Marks the batch indexes the previous run applied of its partly
+    /// finished entries as done, so that each entry is acknowledged once its
+    /// other messages are finished.
+    fn restore_partial_entries(&mut self) {
+        let topics: Vec<String> = self.skip.topics().map(str::to_string).collect();
+        for topic in topics {
+            let partition = self.partitions.index(&topic, &self.book);
+            for ((ledger, entry), _, done) in self.skip.partial(&topic) {
+                let done = done.into_iter().collect();
+                self.acks.entries.insert((partition, ledger, entry), (done, Instant::now()));
+            }
+        }
+    }
+
+    /// Acknowledges again the entries the previous run finished (their
+    /// acknowledgements may not have reached the broker before it stopped).
+    async fn acknowledge_recorded(&mut self, consumer: &mut Consumer<Vec<u8>, TokioExecutor>) {
+        let topics: Vec<String> = self.skip.topics().map(str::to_string).collect();
+        for topic in topics {
+            let partition = self.partitions.index(&topic, &self.book);
+            let number = partition_number(&topic);
+            for (ledger_id, entry_id) in self.skip.finished(&topic) {
+                let id = MessageIdData { ledger_id, entry_id, partition: Some(number), ..Default::default() };
+                send_ack(consumer, &self.partitions, partition, id, false).await;
             }
         }
     }
