@@ -404,7 +404,7 @@ fn two_processes_on_a_key_shared_subscription() {
 /// the saved counts per key are exact.
 #[test]
 fn a_stateful_pipeline_stopped_early_and_often_counts_exactly() {
-    counts_exactly_across_interruptions("stops", |run, round| {
+    counts_exactly_across_interruptions("stops", 0, "shared", |run, round| {
         std::thread::sleep(Duration::from_millis(random_in(0..300)));
         let log = run.stop();
         assert!(!log.contains("did not finish"), "round {round} did not drain; log:\n{log}");
@@ -416,21 +416,32 @@ fn a_stateful_pipeline_stopped_early_and_often_counts_exactly() {
 /// it again, so the saved counts per key are exact.
 #[test]
 fn keyed_counts_are_exact_after_repeated_kill_9() {
-    counts_exactly_across_interruptions("kills", |run, _| {
+    counts_exactly_across_interruptions("kills", 0, "shared", |run, _| {
+        std::thread::sleep(Duration::from_millis(random_in(100..900)));
+        run.kill9();
+    });
+}
+
+/// The same on a topic of three partitions read through a failover
+/// subscription, where acknowledgements are cumulative per partition.
+#[test]
+fn keyed_counts_are_exact_after_kill_9_on_a_partitioned_topic_with_cumulative_acks() {
+    counts_exactly_across_interruptions("partitioned", 3, "failover", |run, _| {
         std::thread::sleep(Duration::from_millis(random_in(100..900)));
         run.kill9();
     });
 }
 
 /// count-by-key over 150,000 messages of 13 keys, from a Pulsar topic with
-/// producer batches; eight runs ended by `interrupt` soon after they
+/// producer batches (`partitions` partitions, 0 for none) on a subscription
+/// of type `kind`; eight runs ended by `interrupt` soon after they
 /// subscribed, then one to the end; the saved counts and the latest totals
 /// written must be exact.
-fn counts_exactly_across_interruptions(tag: &str, interrupt: impl Fn(LoggedWeir, u32)) {
+fn counts_exactly_across_interruptions(tag: &str, partitions: u32, kind: &str, interrupt: impl Fn(LoggedWeir, u32)) {
     const N: u64 = 150_000;
     const KEYS: u64 = 13;
     const ROUNDS: u32 = 8;
-    let broker = PulsarLite::start();
+    let broker = PulsarLite::start_with_partitions(partitions);
     let scratch = Scratch::new();
     produce(&broker, &scratch, &topic(&format!("{tag}-in")), N, KEYS, 0);
     let pipeline = |out: &str| {
@@ -438,7 +449,7 @@ fn counts_exactly_across_interruptions(tag: &str, interrupt: impl Fn(LoggedWeir,
             r#"
             [[source]]
             name = "in"
-            uri = "pulsar://{}/public/default/{tag}-in"
+            uri = "pulsar://{}/public/default/{tag}-in?type={kind}"
             batch_size = 100
 
             [[stage]]

@@ -108,9 +108,17 @@ impl PulsarLite {
     /// Starts a broker (every address on loopback, its metrics listener
     /// for the proxy's consumer-stats answers) and its proxy.
     pub fn start() -> Self {
+        Self::start_with_partitions(0)
+    }
+
+    /// [`PulsarLite::start`] with every topic created with `partitions`
+    /// partitions (0: not partitioned).
+    pub fn start_with_partitions(partitions: u32) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let (port, metrics_port) = (free_port(), free_port());
-        let config = format!("[metrics]\nenabled = true\naddr = \"127.0.0.1:{metrics_port}\"\n");
+        let config = format!(
+            "default_partitions = {partitions}\n[metrics]\nenabled = true\naddr = \"127.0.0.1:{metrics_port}\"\n"
+        );
         std::fs::write(dir.path().join("pulsar-lite.toml"), config).expect("config");
         let listener = TcpListener::bind("127.0.0.1:0").expect("proxy listener");
         let proxy_port = listener.local_addr().unwrap().port();

@@ -58,6 +58,7 @@
 //! (100 ms doubling to 5 s). Messages in flight from the old connection are
 //! delivered again by the broker (duplicates, never loss).
 
+mod acks;
 mod backlog;
 mod positions;
 mod sink;

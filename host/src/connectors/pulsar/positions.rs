@@ -9,9 +9,12 @@
 //! whose acknowledgement had not reached the broker. For state to hold each
 //! message once, every checkpoint records per topic the ids of the entries
 //! finished in it and in the checkpoint before, and for each partly
-//! finished entry the batch indexes finished so far ([`Book`]). After a
-//! restart the source acknowledges the finished entries again and skips
-//! what it receives of them ([`Skip`]); a partly finished entry's remaining
+//! finished entry the batch indexes finished so far ([`Book`]). On
+//! `exclusive` and `failover` subscriptions, where the broker delivers a
+//! topic in order, it also records the last finished entry: everything up
+//! to it is finished, however long ago it was acknowledged. After a restart
+//! the source acknowledges the finished entries again and skips what it
+//! receives of them ([`Skip`]); a partly finished entry's remaining
 //! messages go through and complete it.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -23,12 +26,15 @@ use serde::{Deserialize, Serialize};
 /// `(ledger, entry)`: a broker entry within one topic (partition).
 pub(super) type Entry = (u64, u64);
 
-/// One topic's record: `finished` entries, and the finished batch indexes
-/// of each entry in `partial` (`(ledger, entry, size, indexes)`).
+/// One topic's record: `finished` entries, the finished batch indexes of
+/// each entry in `partial` (`(ledger, entry, size, indexes)`), and on an
+/// ordered subscription the entry `upto` which everything is finished.
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 pub(super) struct Record {
     finished: Vec<Entry>,
     partial: Vec<(u64, u64, i32, Vec<i32>)>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    upto: Option<Entry>,
 }
 
 /// The finished messages the next checkpoint records, per topic partition.
@@ -38,6 +44,8 @@ struct Topic {
     last: Vec<Entry>,
     /// Entries of producer batches partly finished: size, indexes done.
     partial: HashMap<Entry, (i32, BTreeSet<i32>)>,
+    /// On an ordered subscription, the last finished entry.
+    upto: Option<Entry>,
 }
 
 /// The source's side of its checkpoint records, shared between the read
@@ -49,6 +57,8 @@ pub(super) struct Book {
 
 #[derive(Default)]
 struct BookInner {
+    /// Whether the subscription delivers each topic in order.
+    ordered: bool,
     /// Topic names by the read loop's partition index.
     names: Vec<String>,
     topics: HashMap<String, Topic>,
@@ -56,17 +66,21 @@ struct BookInner {
 
 impl Book {
     /// A book that starts from what the previous run recorded (its partly
-    /// finished entries stay recorded until they are finished).
-    pub(super) fn restored(skip: &Skip) -> Book {
+    /// finished entries stay recorded until they are finished); `ordered`
+    /// when the subscription delivers each topic in order.
+    pub(super) fn restored(skip: &Skip, ordered: bool) -> Book {
         let book = Book::default();
-        book.lock().topics = skip
+        let mut inner = book.lock();
+        inner.ordered = ordered;
+        inner.topics = skip
             .topics
             .iter()
             .map(|(name, topic)| {
                 let partial = topic.partial.iter().map(|(e, (size, done))| (*e, (*size, done.iter().copied().collect())));
-                (name.clone(), Topic { last: Vec::new(), partial: partial.collect() })
+                (name.clone(), Topic { last: Vec::new(), partial: partial.collect(), upto: topic.upto })
             })
             .collect();
+        drop(inner);
         book
     }
 
@@ -93,6 +107,7 @@ impl Book {
     ) -> Option<(String, Vec<u8>)> {
         let mut inner = self.lock();
         let name = inner.names.get(partition as usize).filter(|n| !n.is_empty())?.clone();
+        let ordered = inner.ordered;
         let topic = inner.topics.entry(name.clone()).or_default();
         let mut finished = Vec::new();
         for (id, size) in ids {
@@ -110,6 +125,9 @@ impl Book {
             }
         }
         finished.dedup();
+        if ordered {
+            topic.upto = topic.upto.max(finished.iter().copied().max());
+        }
         let record = Record {
             finished: topic.last.iter().chain(&finished).copied().collect(),
             partial: topic
@@ -117,6 +135,7 @@ impl Book {
                 .iter()
                 .map(|((ledger, entry), (size, done))| (*ledger, *entry, *size, done.iter().copied().collect()))
                 .collect(),
+            upto: topic.upto,
         };
         topic.last = finished;
         Some((name, serde_json::to_vec(&record).expect("a record serializes")))
@@ -134,6 +153,7 @@ pub(super) struct Skip {
 struct SkipTopic {
     finished: HashSet<Entry>,
     partial: HashMap<Entry, (i32, HashSet<i32>)>,
+    upto: Option<Entry>,
 }
 
 /// What to do with a received message.
@@ -162,6 +182,7 @@ impl Skip {
             };
             let entry = skip.topics.entry(topic.clone()).or_default();
             entry.finished.extend(record.finished);
+            entry.upto = entry.upto.max(record.upto);
             for (ledger, e, size, done) in record.partial {
                 entry.partial.insert((ledger, e), (size, done.into_iter().collect()));
             }
@@ -184,6 +205,12 @@ impl Skip {
         self.topics.keys().map(String::as_str)
     }
 
+    /// On an ordered subscription, the entry up to which `topic` was
+    /// finished.
+    pub(super) fn upto(&self, topic: &str) -> Option<Entry> {
+        self.topics.get(topic).and_then(|t| t.upto)
+    }
+
     /// The batch indexes applied before of `topic`'s partly finished
     /// entries: `(entry, size, indexes)`.
     pub(super) fn partial(&self, topic: &str) -> Vec<(Entry, i32, Vec<i32>)> {
@@ -197,12 +224,11 @@ impl Skip {
     pub(super) fn verdict(&self, topic: &str, id: &MessageIdData) -> Verdict {
         let Some(t) = self.topics.get(topic) else { return Verdict::New };
         let entry = (id.ledger_id, id.entry_id);
-        if t.finished.contains(&entry) {
-            return Verdict::Finished;
-        }
         match (t.partial.get(&entry), id.batch_index) {
             (Some((_, done)), Some(index)) if done.contains(&index) => Verdict::Applied,
-            _ => Verdict::New,
+            (Some(_), _) => Verdict::New,
+            (None, _) if t.finished.contains(&entry) || t.upto.is_some_and(|upto| entry <= upto) => Verdict::Finished,
+            (None, _) => Verdict::New,
         }
     }
 }
@@ -222,10 +248,11 @@ mod tests {
         let (a, b, c0, c1, d) = (id(1, None), id(2, None), id(3, Some(0)), id(3, Some(1)), id(4, None));
         let (_, first) = book.record(0, [(&a, None), (&b, None), (&c0, Some(3))].into_iter()).unwrap();
         let first: Record = serde_json::from_slice(&first).unwrap();
-        assert_eq!(first, Record { finished: vec![(3, 1), (3, 2)], partial: vec![(3, 3, 3, vec![0])] });
+        assert_eq!(first, Record { finished: vec![(3, 1), (3, 2)], partial: vec![(3, 3, 3, vec![0])], upto: None });
         let (_, second) = book.record(0, [(&c1, Some(3)), (&d, None)].into_iter()).unwrap();
         let second: Record = serde_json::from_slice(&second).unwrap();
-        assert_eq!(second, Record { finished: vec![(3, 1), (3, 2), (3, 4)], partial: vec![(3, 3, 3, vec![0, 1])] });
+        let expected = Record { finished: vec![(3, 1), (3, 2), (3, 4)], partial: vec![(3, 3, 3, vec![0, 1])], upto: None };
+        assert_eq!(second, expected);
 
         // The next run skips what was applied, and lets the rest through.
         let skip = Skip::restore(&[("persistent://t/ns/a".into(), serde_json::to_vec(&second).unwrap())], "in");
@@ -237,11 +264,29 @@ mod tests {
         assert_eq!(skip.verdict("persistent://t/ns/other", &a), Verdict::New);
 
         // A book restored from it keeps the partial entry until it finishes.
-        let book = Book::restored(&skip);
+        let book = Book::restored(&skip, false);
         book.name(0, topic);
         let last = id(3, Some(2));
         let (_, third) = book.record(0, [(&last, Some(3))].into_iter()).unwrap();
         let third: Record = serde_json::from_slice(&third).unwrap();
-        assert_eq!(third, Record { finished: vec![(3, 3)], partial: vec![] });
+        assert_eq!(third, Record { finished: vec![(3, 3)], partial: vec![], upto: None });
+    }
+
+    #[test]
+    fn an_ordered_subscription_records_the_last_finished_entry_for_good() {
+        let (topic, book) = ("persistent://t/ns/a", Book::restored(&Skip::default(), true));
+        book.name(0, topic);
+        for entry in 1..=5 {
+            book.record(0, [(&id(entry, None), None)].into_iter()).unwrap();
+        }
+        let (_, record) = book.record(0, [(&id(6, Some(0)), Some(2))].into_iter()).unwrap();
+        let record: Record = serde_json::from_slice(&record).unwrap();
+        assert_eq!(record.finished, vec![(3, 5)], "only the last checkpoints' entries are listed");
+        assert_eq!(record.upto, Some((3, 5)));
+        let skip = Skip::restore(&[(topic.into(), serde_json::to_vec(&record).unwrap())], "in");
+        assert_eq!(skip.verdict(topic, &id(1, None)), Verdict::Finished, "finished long ago");
+        assert_eq!(skip.verdict(topic, &id(6, Some(0))), Verdict::Applied);
+        assert_eq!(skip.verdict(topic, &id(6, Some(1))), Verdict::New);
+        assert_eq!(skip.verdict(topic, &id(7, None)), Verdict::New);
     }
 }

@@ -6,7 +6,7 @@
 //! The tracker knows partitions by the index of their topic name in
 //! [`Partitions`]; a batch's position is the ids of its messages.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -16,6 +16,7 @@ use pulsar::consumer::{ConsumerOptions, InitialPosition, Message as PulsarMessag
 use pulsar::proto::MessageIdData;
 use pulsar::{Consumer, TokioExecutor};
 
+use super::acks::{Acks, Handed, entry_id};
 use super::backlog::Backlog;
 use super::positions::{Book, Skip, Verdict};
 use super::{PulsarSourceSpec, Start, client, explain};
@@ -34,14 +35,6 @@ impl PulsarSource {
     pub fn new(spec: PulsarSourceSpec) -> Self {
         PulsarSource { spec }
     }
-}
-
-/// One message handed on, as it is acknowledged.
-#[derive(Debug, Clone)]
-struct Handed {
-    id: MessageIdData,
-    /// Messages in its broker entry, when it came in a producer batch.
-    entry_size: Option<i32>,
 }
 
 /// Topic names (partitions of a partitioned topic) by tracker partition.
@@ -65,78 +58,10 @@ impl Partitions {
     }
 }
 
-/// The identity of a broker entry: what a broker acknowledges (partition
-/// index, ledger, entry).
-type EntryKey = (u32, u64, u64);
-
-/// Decides which ids to acknowledge as batches are released.
-struct Acks {
-    cumulative: bool,
-    /// Batch indexes finished so far of entries that came in producer
-    /// batches and are not complete yet.
-    entries: HashMap<EntryKey, (HashSet<i32>, Instant)>,
-}
-
-impl Acks {
-    /// The acknowledgements a released batch of `partition` allows:
-    /// `(partition, id, cumulative)`, ids without batch index (whole entries).
-    fn released(&mut self, partition: u32, handed: Vec<Handed>) -> Vec<(u32, MessageIdData, bool)> {
-        let mut out = Vec::new();
-        let mut last_complete: Option<MessageIdData> = None;
-        for Handed { id, entry_size } in handed {
-            let complete = match (entry_size, id.batch_index) {
-                (Some(size), Some(index)) if size > 1 => {
-                    let key = (partition, id.ledger_id, id.entry_id);
-                    let (done, _) = self.entries.entry(key).or_insert_with(|| (HashSet::new(), Instant::now()));
-                    done.insert(index);
-                    if done.len() as i32 >= size {
-                        self.entries.remove(&key);
-                        true
-                    } else {
-                        false
-                    }
-                }
-                _ => true,
-            };
-            if !complete {
-                continue;
-            }
-            let entry = entry_id(&id);
-            if self.cumulative {
-                last_complete = Some(entry);
-            } else {
-                out.push((partition, entry, false));
-            }
-        }
-        // The tracker releases a partition's batches in order, so everything
-        // up to the last complete entry is finished.
-        if let Some(entry) = last_complete {
-            out.push((partition, entry, true));
-        }
-        // Entries whose other messages never come back finished (a copy
-        // delivered again after a reconnect, whose first copy was already
-        // acknowledged) are forgotten after an hour.
-        if self.entries.len() > 10_000 {
-            self.entries.retain(|_, (_, since)| since.elapsed().as_secs() < 3600);
-        }
-        out
-    }
-}
-
 /// The partition number of a partitioned topic's partition
 /// (`…-partition-N`), -1 for a topic without partitions.
 fn partition_number(topic: &str) -> i32 {
     topic.rsplit_once("-partition-").and_then(|(_, n)| n.parse().ok()).unwrap_or(-1)
-}
-
-/// The id of a message's whole entry.
-fn entry_id(id: &MessageIdData) -> MessageIdData {
-    MessageIdData {
-        ledger_id: id.ledger_id,
-        entry_id: id.entry_id,
-        partition: id.partition,
-        ..Default::default()
-    }
 }
 
 /// `ledger:entry:partition[:batch_index]`, as Pulsar's clients print ids.
@@ -228,6 +153,9 @@ struct Run<'a> {
     book: Book,
     /// What the previous run's last checkpoint recorded as applied.
     skip: Skip,
+    /// On an ordered subscription, the last message handed on per
+    /// partition: `(ledger, entry, batch index)`.
+    last_handed: Option<Vec<Option<(u64, u64, i32)>>>,
 }
 
 #[async_trait]
@@ -237,7 +165,7 @@ impl Source for PulsarSource {
         // Acknowledgements wait for the checkpoint that covers them, which
         // records what they finished (see `positions`).
         let skip = Skip::restore(ctx.restored(), ctx.name());
-        let book = Book::restored(&skip);
+        let book = Book::restored(&skip, spec.kind.cumulative());
         let recorder = book.clone();
         let (tracker, released) = ctx.checkpointed_tracker::<Vec<Handed>>(Box::new(move |partition, batches| {
             let ids = batches.iter().flat_map(|handed| handed.iter().map(|h| (&h.id, h.entry_size)));
@@ -253,6 +181,7 @@ impl Source for PulsarSource {
             backlog: Backlog::new(ctx.name(), &spec.topic),
             book,
             skip,
+            last_handed: spec.kind.cumulative().then(Vec::new),
         };
         run.restore_partial_entries();
         let mut backoff = Backoff::default();
@@ -462,8 +391,9 @@ impl Run<'_> {
                     Some(Ok(m)) => {
                         taken += 1;
                         let partition = self.partitions.index(&m.topic, &self.book);
-                        if self.applied_before(consumer, partition, &m).await {
-                            // Its effects are in the restored state already.
+                        if self.applied_before(consumer, partition, &m).await || self.handed_before(partition, &m) {
+                            // Its effects are in the restored state already,
+                            // or it is on its way.
                         } else {
                             let handed = Handed { id: m.message_id().clone(), entry_size: m.message_id.batch_size };
                             let message = convert(m).map_err(|(value, reason)| (Message::from_value(value), reason));
@@ -515,6 +445,25 @@ impl Run<'_> {
         }
     }
 
+    /// Whether message `m` was handed on already in this run: on an ordered
+    /// subscription the broker delivers each topic in order, so a message at
+    /// or before the last one handed on is a copy delivered again (after a
+    /// reconnect, or a failover switch), whose first copy is on its way.
+    fn handed_before(&mut self, partition: u32, m: &PulsarMessage<Vec<u8>>) -> bool {
+        let Some(last_handed) = self.last_handed.as_mut() else { return false };
+        let id = m.message_id();
+        let position = (id.ledger_id, id.entry_id, id.batch_index.unwrap_or(-1));
+        let index = partition as usize;
+        if last_handed.len() <= index {
+            last_handed.resize(index + 1, None);
+        }
+        if last_handed[index].is_some_and(|last| position <= last) {
+            return true;
+        }
+        last_handed[index] = Some(position);
+        false
+    }
+
     /// Marks the batch indexes the previous run applied of its partly
     /// finished entries as done, so that each entry is acknowledged once its
     /// other messages are finished.
@@ -536,9 +485,12 @@ impl Run<'_> {
         for topic in topics {
             let partition = self.partitions.index(&topic, &self.book);
             let number = partition_number(&topic);
-            for (ledger_id, entry_id) in self.skip.finished(&topic) {
-                let id = MessageIdData { ledger_id, entry_id, partition: Some(number), ..Default::default() };
-                send_ack(consumer, &self.partitions, partition, id, false).await;
+            let id = |(ledger_id, entry_id)| MessageIdData { ledger_id, entry_id, partition: Some(number), ..Default::default() };
+            for entry in self.skip.finished(&topic) {
+                send_ack(consumer, &self.partitions, partition, id(entry), false).await;
+            }
+            if let Some(upto) = self.skip.upto(&topic) {
+                send_ack(consumer, &self.partitions, partition, id(upto), true).await;
             }
         }
     }
@@ -554,43 +506,10 @@ impl Run<'_> {
 mod tests {
     use super::*;
 
-    fn id(entry: u64, batch: Option<(i32, i32)>) -> Handed {
-        Handed {
-            id: MessageIdData {
-                ledger_id: 7,
-                entry_id: entry,
-                partition: Some(-1),
-                batch_index: batch.map(|(i, _)| i),
-                ..Default::default()
-            },
-            entry_size: batch.map(|(_, n)| n),
-        }
-    }
-
-    fn entries(acks: &[(u32, MessageIdData, bool)]) -> Vec<(u64, bool)> {
-        acks.iter().map(|(_, id, c)| (id.entry_id, *c)).collect()
-    }
-
-    #[test]
-    fn an_entry_of_a_producer_batch_is_acknowledged_when_all_its_messages_are_done() {
-        let mut acks = Acks { cumulative: false, entries: HashMap::new() };
-        assert_eq!(entries(&acks.released(0, vec![id(1, None), id(2, Some((0, 3))), id(2, Some((1, 3)))])), [(1, false)]);
-        // A copy of a finished message delivered again does not count twice.
-        assert_eq!(entries(&acks.released(0, vec![id(2, Some((1, 3)))])), []);
-        assert_eq!(entries(&acks.released(0, vec![id(2, Some((2, 3))), id(3, None)])), [(2, false), (3, false)]);
-        assert!(acks.entries.is_empty());
-    }
-
-    #[test]
-    fn cumulative_acknowledgement_stops_before_an_unfinished_entry() {
-        let mut acks = Acks { cumulative: true, entries: HashMap::new() };
-        assert_eq!(entries(&acks.released(0, vec![id(1, None), id(2, Some((0, 2)))])), [(1, true)]);
-        assert_eq!(entries(&acks.released(0, vec![id(2, Some((1, 2))), id(3, None)])), [(3, true)]);
-    }
-
     #[test]
     fn ids_print_as_pulsar_clients_print_them() {
-        assert_eq!(id_text(&id(4, None).id), "7:4:-1");
-        assert_eq!(id_text(&id(4, Some((2, 5))).id), "7:4:-1:2");
+        let id = |entry, batch_index| MessageIdData { ledger_id: 7, entry_id: entry, partition: Some(-1), batch_index, ..Default::default() };
+        assert_eq!(id_text(&id(4, None)), "7:4:-1");
+        assert_eq!(id_text(&id(4, Some(2))), "7:4:-1:2");
     }
 }
