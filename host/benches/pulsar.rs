@@ -14,43 +14,22 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[allow(dead_code)]
-#[path = "../../tests/support/pulsar.rs"]
-mod pulsar_lite;
+// The tests' harness: the pulsar-lite broker and its reframing proxy.
+#[path = "../../tests/support/mod.rs"]
+mod support;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use pulsar::consumer::{ConsumerOptions, InitialPosition};
 use pulsar::producer::Message as PulsarMessage;
 use pulsar::{Consumer, Producer, ProducerOptions, Pulsar, SubType, TokioExecutor};
+use support::pulsar as pulsar_lite;
 use tokio_util::sync::CancellationToken;
 use weir::config::PipelineConfig;
 use weir::pipeline::Pipeline;
 use weir::plugin::Runtime;
-
-// What `pulsar_lite` takes from the test support module.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn provision(what: &str, command: &mut Command) {
-    eprintln!("provisioning {what}: {command:?}");
-    assert!(command.status().is_ok_and(|s| s.success()), "installing {what} failed; run it by hand: {command:?}");
-}
-
-fn wait_until(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
-    let started = Instant::now();
-    while started.elapsed() < limit {
-        if condition() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    condition()
-}
 
 fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();

@@ -26,12 +26,14 @@ use serde::{Deserialize, Serialize};
 /// `(ledger, entry)`: a broker entry within one topic (partition).
 pub(super) type Entry = (u64, u64);
 
-/// One topic's record: `finished` entries, the finished batch indexes of
-/// each entry in `partial` (`(ledger, entry, size, indexes)`), and on an
-/// ordered subscription the entry `upto` which everything is finished.
+/// One topic's record: `finished` entries as runs of consecutive entries
+/// (`(ledger, first, last)`: a busy topic finishes long runs, so a record
+/// stays small), the finished batch indexes of each entry in `partial`
+/// (`(ledger, entry, size, indexes)`), and on an ordered subscription the
+/// entry `upto` which everything is finished.
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 pub(super) struct Record {
-    finished: Vec<Entry>,
+    finished: Vec<(u64, u64, u64)>,
     partial: Vec<(u64, u64, i32, Vec<i32>)>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     upto: Option<Entry>,
@@ -129,7 +131,7 @@ impl Book {
             topic.upto = topic.upto.max(finished.iter().copied().max());
         }
         let record = Record {
-            finished: topic.last.iter().chain(&finished).copied().collect(),
+            finished: runs(topic.last.iter().chain(&finished).copied()),
             partial: topic
                 .partial
                 .iter()
@@ -140,6 +142,21 @@ impl Book {
         topic.last = finished;
         Some((name, serde_json::to_vec(&record).expect("a record serializes")))
     }
+}
+
+/// `entries` as runs of consecutive entries of one ledger, in order.
+fn runs(entries: impl Iterator<Item = Entry>) -> Vec<(u64, u64, u64)> {
+    let mut sorted: Vec<Entry> = entries.collect();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut runs: Vec<(u64, u64, u64)> = Vec::new();
+    for (ledger, entry) in sorted {
+        match runs.last_mut() {
+            Some((l, _, last)) if *l == ledger && *last + 1 == entry => *last = entry,
+            _ => runs.push((ledger, entry, entry)),
+        }
+    }
+    runs
 }
 
 /// What the previous run recorded, per topic: acknowledged again after
@@ -181,7 +198,9 @@ impl Skip {
                 }
             };
             let entry = skip.topics.entry(topic.clone()).or_default();
-            entry.finished.extend(record.finished);
+            for (ledger, first, last) in record.finished {
+                entry.finished.extend((first..=last).map(|e| (ledger, e)));
+            }
             entry.upto = entry.upto.max(record.upto);
             for (ledger, e, size, done) in record.partial {
                 entry.partial.insert((ledger, e), (size, done.into_iter().collect()));
@@ -248,10 +267,10 @@ mod tests {
         let (a, b, c0, c1, d) = (id(1, None), id(2, None), id(3, Some(0)), id(3, Some(1)), id(4, None));
         let (_, first) = book.record(0, [(&a, None), (&b, None), (&c0, Some(3))].into_iter()).unwrap();
         let first: Record = serde_json::from_slice(&first).unwrap();
-        assert_eq!(first, Record { finished: vec![(3, 1), (3, 2)], partial: vec![(3, 3, 3, vec![0])], upto: None });
+        assert_eq!(first, Record { finished: vec![(3, 1, 2)], partial: vec![(3, 3, 3, vec![0])], upto: None });
         let (_, second) = book.record(0, [(&c1, Some(3)), (&d, None)].into_iter()).unwrap();
         let second: Record = serde_json::from_slice(&second).unwrap();
-        let expected = Record { finished: vec![(3, 1), (3, 2), (3, 4)], partial: vec![(3, 3, 3, vec![0, 1])], upto: None };
+        let expected = Record { finished: vec![(3, 1, 2), (3, 4, 4)], partial: vec![(3, 3, 3, vec![0, 1])], upto: None };
         assert_eq!(second, expected);
 
         // The next run skips what was applied, and lets the rest through.
@@ -269,7 +288,13 @@ mod tests {
         let last = id(3, Some(2));
         let (_, third) = book.record(0, [(&last, Some(3))].into_iter()).unwrap();
         let third: Record = serde_json::from_slice(&third).unwrap();
-        assert_eq!(third, Record { finished: vec![(3, 3)], partial: vec![], upto: None });
+        assert_eq!(third, Record { finished: vec![(3, 3, 3)], partial: vec![], upto: None });
+    }
+
+    #[test]
+    fn finished_entries_are_kept_as_runs() {
+        let entries = [(2, 9), (1, 4), (1, 5), (1, 7), (1, 5), (2, 8)];
+        assert_eq!(runs(entries.into_iter()), vec![(1, 4, 5), (1, 7, 7), (2, 8, 9)]);
     }
 
     #[test]
@@ -281,7 +306,7 @@ mod tests {
         }
         let (_, record) = book.record(0, [(&id(6, Some(0)), Some(2))].into_iter()).unwrap();
         let record: Record = serde_json::from_slice(&record).unwrap();
-        assert_eq!(record.finished, vec![(3, 5)], "only the last checkpoints' entries are listed");
+        assert_eq!(record.finished, vec![(3, 5, 5)], "only the last checkpoints' entries are listed");
         assert_eq!(record.upto, Some((3, 5)));
         let skip = Skip::restore(&[(topic.into(), serde_json::to_vec(&record).unwrap())], "in");
         assert_eq!(skip.verdict(topic, &id(1, None)), Verdict::Finished, "finished long ago");
