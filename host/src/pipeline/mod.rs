@@ -10,6 +10,7 @@
 
 pub mod dispatch;
 pub mod logic;
+mod report;
 pub mod router;
 pub mod sink;
 pub mod stage;
@@ -17,7 +18,7 @@ pub mod stage;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Result;
@@ -39,6 +40,8 @@ use crate::store::StateStore;
 use crate::telemetry::Telemetry;
 use logic::Runner;
 pub use logic::{NativeFn, NativeStages, StageLogic};
+use report::in_flight;
+pub use report::{RunReport, StageSummary};
 use router::Downstream;
 use sink::{RetryPolicy, SinkStats};
 use stage::{ErrorPolicy, Stage, StageStats, Worker};
@@ -127,51 +130,6 @@ struct PreparedSink {
 
 /// Why a pipeline could not be prepared: a config error (exit 2).
 pub type PrepareError = ConfigError;
-
-/// What a run did.
-#[derive(Debug, Default)]
-pub struct RunReport {
-    /// Messages written, per sink.
-    pub sinks: Vec<(String, u64)>,
-    /// Messages written to the dead letter.
-    pub dead_lettered: u64,
-    /// Per-stage counters.
-    pub stages: Vec<(String, StageSummary)>,
-    /// Why the pipeline halted, if it did (the run failed).
-    pub halted: Option<String>,
-    /// Errors of sources or sinks that stopped the run.
-    pub errors: Vec<String>,
-}
-
-/// Counters of one stage after a run.
-#[derive(Debug, Default, Clone)]
-pub struct StageSummary {
-    /// Messages processed.
-    pub processed: u64,
-    /// Messages dead-lettered.
-    pub dead_lettered: u64,
-    /// Messages skipped.
-    pub skipped: u64,
-    /// Traps.
-    pub traps: u64,
-    /// Retry attempts (per message).
-    pub retries: u64,
-    /// Plugin-defined counters.
-    pub counters: std::collections::BTreeMap<String, u64>,
-}
-
-impl RunReport {
-    /// A run that failed before it started.
-    fn failed(mut self, error: String) -> Self {
-        self.errors.push(error);
-        self
-    }
-
-    /// Whether the run succeeded.
-    pub fn success(&self) -> bool {
-        self.halted.is_none() && self.errors.is_empty()
-    }
-}
 
 impl Pipeline {
     /// Checks and prepares everything: connectors, plugins (built from
@@ -565,42 +523,6 @@ impl Pipeline {
             })
             .collect();
         report
-    }
-}
-
-/// What was still in flight when a drain timed out, per sink and stage.
-fn in_flight(
-    sinks: &[(String, Arc<SinkStats>)],
-    dead_letter: &SinkStats,
-    stages: &[(Arc<StageContext>, Arc<StageStats>)],
-    dispatched: &[Arc<AtomicU64>],
-) -> String {
-    let mut parts = Vec::new();
-    for ((context, stats), dispatched) in stages.iter().zip(dispatched) {
-        let done = stats.processed.load(Ordering::Relaxed)
-            + stats.dead_lettered.load(Ordering::Relaxed)
-            + stats.skipped.load(Ordering::Relaxed);
-        let waiting = dispatched.load(Ordering::Relaxed).saturating_sub(done);
-        if waiting > 0 {
-            parts.push(format!("stage `{}`: {waiting} messages in its instances", context.name));
-        }
-    }
-    let dead_letter = ("[dead_letter]".to_string(), dead_letter);
-    let sinks = sinks.iter().map(|(name, stats)| (format!("sink `{name}`"), &**stats)).chain([dead_letter]);
-    for (label, stats) in sinks {
-        let pending = stats.pending.load(Ordering::Relaxed);
-        if pending == 0 {
-            continue;
-        }
-        match stats.last_error.lock().as_deref() {
-            Some(error) => parts.push(format!("{label}: {pending} messages not written (last error: {error})")),
-            None => parts.push(format!("{label}: {pending} messages being written")),
-        }
-    }
-    if parts.is_empty() {
-        "no batch in a stage or sink (a source did not finish)".to_string()
-    } else {
-        parts.join("; ")
     }
 }
 
