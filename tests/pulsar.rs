@@ -509,6 +509,73 @@ fn counts_exactly_across_interruptions(tag: &str, partitions: u32, kind: &str, i
     assert_eq!(totals(), expected, "latest totals written");
 }
 
+/// A non-persistent topic on a failover subscription with stage state:
+/// its messages keep nothing to deliver again, so none is taken for a copy
+/// or skipped as applied before. The broker drops what a consumer cannot
+/// take at once, so the check is that weir counted exactly what the broker
+/// delivered, once each.
+#[test]
+fn a_non_persistent_topic_with_state_counts_every_message_delivered() {
+    const N: u64 = 5_000;
+    const KEYS: u64 = 13;
+    let broker = PulsarLite::start();
+    let scratch = Scratch::new();
+    let admin = free_port();
+    let text = format!(
+        r#"
+        [[source]]
+        name = "in"
+        uri = "pulsar://{}"
+        topic = "non-persistent://public/default/np-in"
+        type = "failover"
+        batch_size = 100
+
+        [[stage]]
+        name = "count"
+        plugin = "{}"
+
+        [[sink]]
+        name = "out"
+        uri = "null://"
+
+        [state]
+        dir = "{}"
+        checkpoint_interval_ms = 100
+
+        [admin]
+        listen = "127.0.0.1:{admin}"
+        "#,
+        broker.addr(),
+        plugin("count-by-key").display(),
+        scratch.path("state").display()
+    );
+    let mut run = LoggedWeir::run_text(&text, &scratch, "np");
+    let log = run.log_path().to_path_buf();
+    run.wait_for("subscribed", || std::fs::read_to_string(&log).unwrap_or_default().contains("Pulsar source started"));
+    // Non-persistent messages that find no consumer are dropped: they are
+    // sent only once weir listens.
+    produce(&broker, &scratch, "non-persistent://public/default/np-in", N, KEYS, 0);
+    let stage = [("component", "count"), ("kind", "stage")];
+    let processed = || {
+        Metrics::try_scrape(admin).and_then(|m| m.get("weir_component_processed_events_total", &stage)).unwrap_or(0.0)
+            as u64
+    };
+    let topic = "non-persistent://public/default/np-in";
+    let mut delivered = 0;
+    run.wait_for("the broker's delivered count reached and counted", || {
+        delivered = broker.delivered(topic, "weir-in").unwrap_or(0);
+        delivered > 0 && processed() == delivered
+    });
+    // Nothing more arrives: the figures stay equal.
+    std::thread::sleep(Duration::from_secs(6));
+    let delivered = broker.delivered(topic, "weir-in").unwrap_or(0);
+    let log = run.stop();
+    eprintln!("{delivered} of {N} messages delivered by the broker");
+    assert!(log.contains(&format!("processed={delivered} ")), "every delivered message counted once; log:\n{log}");
+    let counts = saved_counts(&scratch.path("np.toml"), "count");
+    assert_eq!(counts.values().sum::<u64>(), delivered, "saved counts: {counts:?}");
+}
+
 /// `/metrics` while a slow sink holds the subscription back: its backlog
 /// and this consumer's unacknowledged messages rise above 0, then read
 /// exactly 0 once everything is written and acknowledged.

@@ -99,6 +99,7 @@ pub fn python_client() {
 /// and the reframing proxy in front of it.
 pub struct PulsarLite {
     child: Option<Child>,
+    metrics_port: u16,
     port: u16,
     proxy_port: u16,
     dir: tempfile::TempDir,
@@ -123,7 +124,7 @@ impl PulsarLite {
         let listener = TcpListener::bind("127.0.0.1:0").expect("proxy listener");
         let proxy_port = listener.local_addr().unwrap().port();
         std::thread::spawn(move || proxy(listener, port, metrics_port));
-        let mut broker = PulsarLite { child: None, port, proxy_port, dir };
+        let mut broker = PulsarLite { child: None, metrics_port, port, proxy_port, dir };
         broker.spawn();
         broker
     }
@@ -168,6 +169,12 @@ impl PulsarLite {
             "pulsar-lite did not listen on 127.0.0.1:{port}; log:\n{}",
             self.log()
         );
+    }
+
+    /// Messages the broker delivered to `subscription` on `topic`
+    /// (`pulsar_out_messages_total`; refreshed every few seconds).
+    pub fn delivered(&self, topic: &str, subscription: &str) -> Option<u64> {
+        subscription_metric(self.metrics_port, "pulsar_out_messages_total", topic, subscription)
     }
 
     /// The broker's log.
@@ -300,6 +307,13 @@ fn forward_requests(
 /// `(backlog, unacknowledged)` of `subscription` on `topic`
 /// (`persistent://tenant/ns/name`) from the broker's Prometheus endpoint.
 fn subscription_figures(metrics_port: u16, topic: &str, subscription: &str) -> Option<(u64, u64)> {
+    let value = |metric| subscription_metric(metrics_port, metric, topic, subscription);
+    Some((value("pulsar_subscription_back_log")?, value("pulsar_subscription_unacked_messages")?))
+}
+
+/// The broker's figure `metric` for `subscription` on `topic`, from its
+/// Prometheus endpoint (refreshed every few seconds).
+fn subscription_metric(metrics_port: u16, metric: &str, topic: &str, subscription: &str) -> Option<u64> {
     let path = topic.split_once("://").map_or(topic, |(_, path)| path);
     let (namespace, name) = path.rsplit_once('/')?;
     let mut http = TcpStream::connect(("127.0.0.1", metrics_port)).ok()?;
@@ -308,13 +322,10 @@ fn subscription_figures(metrics_port: u16, topic: &str, subscription: &str) -> O
     http.read_to_string(&mut text).ok()?;
     let labels =
         format!("namespace=\"{namespace}\",partition=\"-1\",subscription=\"{subscription}\",topic=\"{name}\"}}");
-    let value = |metric: &str| {
-        text.lines()
-            .find(|l| l.starts_with(&format!("{metric}{{")) && l.contains(&labels))
-            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .map(|v| v as u64)
-    };
-    Some((value("pulsar_subscription_back_log")?, value("pulsar_subscription_unacked_messages")?))
+    text.lines()
+        .find(|l| l.starts_with(&format!("{metric}{{")) && l.contains(&labels))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
 }
 
 /// Copies the broker's frames to the client, adding the checksum section to

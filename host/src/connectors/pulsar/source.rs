@@ -164,10 +164,16 @@ impl Source for PulsarSource {
         let spec = self.spec;
         // Acknowledgements wait for the checkpoint that covers them, which
         // records what they finished (see `positions`).
-        let skip = Skip::restore(ctx.restored(), ctx.name());
+        // A non-persistent topic keeps nothing to deliver again, and its
+        // messages carry no entry ids to tell them apart: no record, no skip.
+        let persistent = !spec.topic.starts_with("non-persistent://");
+        let skip = if persistent { Skip::restore(ctx.restored(), ctx.name()) } else { Skip::default() };
         let book = Book::restored(&skip, spec.kind.cumulative());
         let recorder = book.clone();
         let (tracker, released) = ctx.checkpointed_tracker::<Vec<Handed>>(Box::new(move |partition, batches| {
+            if !persistent {
+                return None;
+            }
             let ids = batches.iter().flat_map(|handed| handed.iter().map(|h| (&h.id, h.entry_size)));
             recorder.record(partition, ids).map(|(topic, record)| (topic, Some(record)))
         }));
@@ -181,7 +187,7 @@ impl Source for PulsarSource {
             backlog: Backlog::new(ctx.name(), &spec.topic),
             book,
             skip,
-            last_handed: spec.kind.cumulative().then(Vec::new),
+            last_handed: (persistent && spec.kind.cumulative()).then(Vec::new),
         };
         run.restore_partial_entries();
         let mut backoff = Backoff::default();
