@@ -404,8 +404,7 @@ fn two_processes_on_a_key_shared_subscription() {
 /// the saved counts per key are exact.
 #[test]
 fn a_stateful_pipeline_stopped_early_and_often_counts_exactly() {
-    counts_exactly_across_interruptions("stops", 0, "shared", |run, round| {
-        std::thread::sleep(Duration::from_millis(random_in(0..300)));
+    counts_exactly_across_interruptions("stops", 0, "shared", 20, |run, round| {
         let log = run.stop();
         assert!(!log.contains("did not finish"), "round {round} did not drain; log:\n{log}");
     });
@@ -416,28 +415,29 @@ fn a_stateful_pipeline_stopped_early_and_often_counts_exactly() {
 /// it again, so the saved counts per key are exact.
 #[test]
 fn keyed_counts_are_exact_after_repeated_kill_9() {
-    counts_exactly_across_interruptions("kills", 0, "shared", |run, _| {
-        std::thread::sleep(Duration::from_millis(random_in(100..900)));
-        run.kill9();
-    });
+    counts_exactly_across_interruptions("kills", 0, "shared", 8, |run, _| run.kill9());
 }
 
 /// The same on a topic of three partitions read through a failover
 /// subscription, where acknowledgements are cumulative per partition.
 #[test]
 fn keyed_counts_are_exact_after_kill_9_on_a_partitioned_topic_with_cumulative_acks() {
-    counts_exactly_across_interruptions("partitioned", 3, "failover", |run, _| {
-        std::thread::sleep(Duration::from_millis(random_in(100..900)));
-        run.kill9();
-    });
+    counts_exactly_across_interruptions("partitioned", 3, "failover", 8, |run, _| run.kill9());
 }
 
 /// count-by-key over 150,000 messages of 13 keys, from a Pulsar topic with
 /// producer batches (`partitions` partitions, 0 for none) on a subscription
-/// of type `kind`; eight runs ended by `interrupt` soon after they
-/// subscribed, then one to the end; the saved counts and the latest totals
-/// written must be exact.
-fn counts_exactly_across_interruptions(tag: &str, partitions: u32, kind: &str, interrupt: impl Fn(LoggedWeir, u32)) {
+/// of type `kind`; eight runs ended by `interrupt` once they subscribed and
+/// counted a random share of up to 1/`share` of the messages more (none at
+/// all, sometimes), then one to the end; the saved counts and the latest
+/// totals written must be exact.
+fn counts_exactly_across_interruptions(
+    tag: &str,
+    partitions: u32,
+    kind: &str,
+    share: u64,
+    interrupt: impl Fn(LoggedWeir, u32),
+) {
     const N: u64 = 150_000;
     const KEYS: u64 = 13;
     const ROUNDS: u32 = 8;
@@ -498,7 +498,11 @@ fn counts_exactly_across_interruptions(tag: &str, partitions: u32, kind: &str, i
         latest
     };
     for round in 0..ROUNDS {
-        interrupt(start(round), round);
+        let counted = totals().values().sum::<u64>();
+        let target = (counted + random_in(0..N / share)).min(N);
+        let mut run = start(round);
+        run.wait_for("a random share more counted", || totals().values().sum::<u64>() >= target);
+        interrupt(run, round);
     }
     let mut last = start(ROUNDS);
     last.wait_for("every message counted", || totals().values().sum::<u64>() >= N);

@@ -76,32 +76,8 @@ fn main() {
         let bare = observe(&addr, &bare_out, messages);
         rt.block_on(task).unwrap();
 
-        let text = format!(
-            r#"
-            [[source]]
-            name = "in"
-            uri = "kafka://{addr}/bench-in?group=bench-weir-{round}"
-            batch_size = 1024
-            [[stage]]
-            name = "pass"
-            plugin = "{plugin}"
-            batch = {{ max_size = 1024, max_wait_ms = 5 }}
-            [[sink]]
-            name = "out"
-            uri = "kafka://{addr}/{weir_out}"
-            batch = {{ max_size = 10000, max_wait_ms = 5 }}
-            "#,
-            plugin = wasm.display()
-        );
-        let scratch = tempfile::tempdir().unwrap();
-        let config = PipelineConfig::parse(&text, scratch.path()).unwrap();
-        let pipeline = Pipeline::prepare(&config, &Runtime::new().unwrap()).unwrap();
-        let shutdown = CancellationToken::new();
-        let run = rt.spawn(pipeline.run(shutdown.clone()));
-        let weir = observe(&addr, &weir_out, messages);
-        shutdown.cancel();
-        let report = rt.block_on(run).unwrap();
-        assert!(report.success(), "{report:?}");
+        let text = passthrough_pipeline(&addr, &format!("bench-in?group=bench-weir-{round}"), &weir_out, &wasm, "");
+        let weir = run_while(&rt, &text, || observe(&addr, &weir_out, messages));
         rows.push((round + 1, bare, weir));
     }
 
@@ -142,35 +118,10 @@ fn delivery_table(rt: &tokio::runtime::Runtime, wasm: &Path, messages: u64, roun
         for (index, (delivery, interval)) in cases.iter().enumerate() {
             let (group, output) = (format!("eos-{round}-{index}"), format!("eos-out-{round}-{index}"));
             create_topic(rt, &addr, &output);
-            let text = format!(
-                r#"
-                delivery = "{delivery}"
-                [[source]]
-                name = "in"
-                uri = "kafka://{addr}/eos-in?group={group}&commit_interval_ms=100"
-                batch_size = 1024
-                [[stage]]
-                name = "pass"
-                plugin = "{plugin}"
-                batch = {{ max_size = 1024, max_wait_ms = 5 }}
-                [[sink]]
-                name = "out"
-                uri = "kafka://{addr}/{output}"
-                batch = {{ max_size = 10000, max_wait_ms = 5 }}
-                [state]
-                checkpoint_interval_ms = {interval}
-                "#,
-                plugin = wasm.display()
-            );
-            let scratch = tempfile::tempdir().unwrap();
-            let config = PipelineConfig::parse(&text, scratch.path()).unwrap();
-            let pipeline = Pipeline::prepare(&config, &Runtime::new().unwrap()).unwrap();
-            let shutdown = CancellationToken::new();
-            let run = rt.spawn(pipeline.run(shutdown.clone()));
-            let took = observe_committed(&addr, &output, &group, messages);
-            shutdown.cancel();
-            let report = rt.block_on(run).unwrap();
-            assert!(report.success(), "{report:?}");
+            let source = format!("eos-in?group={group}&commit_interval_ms=100");
+            let state = format!("delivery = \"{delivery}\"\n[state]\ncheckpoint_interval_ms = {interval}\n");
+            let text = passthrough_pipeline(&addr, &source, &output, wasm, &state);
+            let took = run_while(rt, &text, || observe_committed(&addr, &output, &group, messages));
             rows.push((round + 1, *delivery, *interval, took));
         }
     }
@@ -188,6 +139,44 @@ fn delivery_table(rt: &tokio::runtime::Runtime, wasm: &Path, messages: u64, roun
     }
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// Kafka `source` (topic and query) → passthrough plugin `wasm` → Kafka
+/// `output`, with `top` (top-level keys and tables) prepended.
+fn passthrough_pipeline(addr: &str, source: &str, output: &str, wasm: &Path, top: &str) -> String {
+    format!(
+        r#"
+        {top}
+        [[source]]
+        name = "in"
+        uri = "kafka://{addr}/{source}"
+        batch_size = 1024
+        [[stage]]
+        name = "pass"
+        plugin = "{plugin}"
+        batch = {{ max_size = 1024, max_wait_ms = 5 }}
+        [[sink]]
+        name = "out"
+        uri = "kafka://{addr}/{output}"
+        batch = {{ max_size = 10000, max_wait_ms = 5 }}
+        "#,
+        plugin = wasm.display()
+    )
+}
+
+/// Runs the pipeline `text` while `measure` runs, then stops it; it must
+/// succeed.
+fn run_while<T>(rt: &tokio::runtime::Runtime, text: &str, measure: impl FnOnce() -> T) -> T {
+    let scratch = tempfile::tempdir().unwrap();
+    let config = PipelineConfig::parse(text, scratch.path()).unwrap();
+    let pipeline = Pipeline::prepare(&config, &Runtime::new().unwrap()).unwrap();
+    let shutdown = CancellationToken::new();
+    let run = rt.spawn(pipeline.run(shutdown.clone()));
+    let measured = measure();
+    shutdown.cancel();
+    let report = rt.block_on(run).unwrap();
+    assert!(report.success(), "{report:?}");
+    measured
 }
 
 /// crabka-broker on 127.0.0.2 (its controller port is fixed), with its

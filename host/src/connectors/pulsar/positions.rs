@@ -8,7 +8,7 @@
 //! an entry (a producer batch) that was only partly finished, and entries
 //! whose acknowledgement had not reached the broker. For state to hold each
 //! message once, every checkpoint records per topic the ids of the entries
-//! finished in it and in the checkpoint before, and for each partly
+//! finished by the checkpoints of the last 30 s, and for each partly
 //! finished entry the batch indexes finished so far ([`Book`]). On
 //! `exclusive` and `failover` subscriptions, where the broker delivers a
 //! topic in order, it also records the last finished entry: everything up
@@ -17,14 +17,23 @@
 //! receives of them ([`Skip`]); a partly finished entry's remaining
 //! messages go through and complete it.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use pulsar::proto::MessageIdData;
 use serde::{Deserialize, Serialize};
 
 /// `(ledger, entry)`: a broker entry within one topic (partition).
 pub(super) type Entry = (u64, u64);
+
+/// `(ledger, first, last)`: consecutive entries of one ledger.
+type Run = (u64, u64, u64);
+
+/// How long finished entries stay listed in the records: longer than an
+/// acknowledgement waits in the client for the consumer's prefetched
+/// messages to be read (on shared subscriptions nothing else covers them).
+const RECENT: Duration = Duration::from_secs(30);
 
 /// One topic's record: `finished` entries as runs of consecutive entries
 /// (`(ledger, first, last)`: a busy topic finishes long runs, so a record
@@ -33,7 +42,7 @@ pub(super) type Entry = (u64, u64);
 /// entry `upto` which everything is finished.
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 pub(super) struct Record {
-    finished: Vec<(u64, u64, u64)>,
+    finished: Vec<Run>,
     partial: Vec<(u64, u64, i32, Vec<i32>)>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     upto: Option<Entry>,
@@ -42,8 +51,9 @@ pub(super) struct Record {
 /// The finished messages the next checkpoint records, per topic partition.
 #[derive(Default)]
 struct Topic {
-    /// Entries finished by the last checkpoint recorded.
-    last: Vec<Entry>,
+    /// Entries finished by the checkpoints of the last [`RECENT`], as
+    /// runs, oldest first.
+    recent: VecDeque<(Instant, Vec<Run>)>,
     /// Entries of producer batches partly finished: size, indexes done.
     partial: HashMap<Entry, (i32, BTreeSet<i32>)>,
     /// On an ordered subscription, the last finished entry.
@@ -79,7 +89,7 @@ impl Book {
             .iter()
             .map(|(name, topic)| {
                 let partial = topic.partial.iter().map(|(e, (size, done))| (*e, (*size, done.iter().copied().collect())));
-                (name.clone(), Topic { last: Vec::new(), partial: partial.collect(), upto: topic.upto })
+                (name.clone(), Topic { recent: VecDeque::new(), partial: partial.collect(), upto: topic.upto })
             })
             .collect();
         drop(inner);
@@ -126,12 +136,12 @@ impl Book {
                 _ => finished.push(entry),
             }
         }
-        finished.dedup();
+        let this = merge(finished.iter().map(|&(ledger, entry)| (ledger, entry, entry)));
         if ordered {
             topic.upto = topic.upto.max(finished.iter().copied().max());
         }
         let record = Record {
-            finished: runs(topic.last.iter().chain(&finished).copied()),
+            finished: merge(topic.recent.iter().flat_map(|(_, runs)| runs.iter().copied()).chain(this.iter().copied())),
             partial: topic
                 .partial
                 .iter()
@@ -139,31 +149,39 @@ impl Book {
                 .collect(),
             upto: topic.upto,
         };
-        topic.last = finished;
+        let now = Instant::now();
+        topic.recent.push_back((now, this));
+        while topic.recent.front().is_some_and(|(at, _)| now.duration_since(*at) > RECENT) {
+            topic.recent.pop_front();
+        }
         Some((name, serde_json::to_vec(&record).expect("a record serializes")))
     }
 }
 
-/// `entries` as runs of consecutive entries of one ledger, in order.
-fn runs(entries: impl Iterator<Item = Entry>) -> Vec<(u64, u64, u64)> {
-    let mut sorted: Vec<Entry> = entries.collect();
+/// Runs of consecutive entries of one ledger, `(ledger, first, last)`,
+/// merged where they overlap or touch, in order.
+fn merge(runs: impl Iterator<Item = Run>) -> Vec<Run> {
+    let mut sorted: Vec<Run> = runs.collect();
     sorted.sort_unstable();
-    sorted.dedup();
-    let mut runs: Vec<(u64, u64, u64)> = Vec::new();
-    for (ledger, entry) in sorted {
-        match runs.last_mut() {
-            Some((l, _, last)) if *l == ledger && *last + 1 == entry => *last = entry,
-            _ => runs.push((ledger, entry, entry)),
+    let mut merged: Vec<Run> = Vec::with_capacity(sorted.len());
+    for (ledger, first, last) in sorted {
+        match merged.last_mut() {
+            Some((l, _, end)) if *l == ledger && first <= *end + 1 => *end = (*end).max(last),
+            _ => merged.push((ledger, first, last)),
         }
     }
-    runs
+    merged
 }
 
 /// What the previous run recorded, per topic: acknowledged again after
 /// subscribing, and skipped when delivered.
 #[derive(Debug, Default)]
 pub(super) struct Skip {
+    /// Records by topic, until [`Skip::bind`] gives them their partition.
     topics: HashMap<String, SkipTopic>,
+    /// Records by the read loop's partition index: what it looks up for
+    /// every message, without hashing the topic's name.
+    bound: Vec<Option<SkipTopic>>,
 }
 
 #[derive(Debug, Default)]
@@ -209,39 +227,58 @@ impl Skip {
         skip
     }
 
+    /// The topics with records not bound to a partition yet.
+    pub(super) fn unbound(&self) -> Vec<String> {
+        self.topics.keys().cloned().collect()
+    }
+
+    /// Files `topic`'s records under the read loop's `partition` index.
+    pub(super) fn bind(&mut self, partition: u32, topic: &str) {
+        if let Some(records) = self.topics.remove(topic) {
+            let index = partition as usize;
+            if self.bound.len() <= index {
+                self.bound.resize_with(index + 1, || None);
+            }
+            self.bound[index] = Some(records);
+        }
+    }
+
     /// Whether nothing is to be skipped.
     pub(super) fn is_empty(&self) -> bool {
-        self.topics.is_empty()
+        self.topics.is_empty() && self.bound.is_empty()
     }
 
-    /// The finished entries of `topic`, to acknowledge after subscribing.
-    pub(super) fn finished(&self, topic: &str) -> Vec<Entry> {
-        self.topics.get(topic).map(|t| t.finished.iter().copied().collect()).unwrap_or_default()
+    fn of(&self, partition: u32) -> Option<&SkipTopic> {
+        self.bound.get(partition as usize).and_then(Option::as_ref)
     }
 
-    /// The topics with records.
-    pub(super) fn topics(&self) -> impl Iterator<Item = &str> {
-        self.topics.keys().map(String::as_str)
+    /// The partitions with records.
+    pub(super) fn partitions(&self) -> Vec<u32> {
+        (0..self.bound.len() as u32).filter(|&p| self.of(p).is_some()).collect()
     }
 
-    /// On an ordered subscription, the entry up to which `topic` was
+    /// The finished entries of `partition`, to acknowledge after subscribing.
+    pub(super) fn finished(&self, partition: u32) -> Vec<Entry> {
+        self.of(partition).map(|t| t.finished.iter().copied().collect()).unwrap_or_default()
+    }
+
+    /// On an ordered subscription, the entry up to which `partition` was
     /// finished.
-    pub(super) fn upto(&self, topic: &str) -> Option<Entry> {
-        self.topics.get(topic).and_then(|t| t.upto)
+    pub(super) fn upto(&self, partition: u32) -> Option<Entry> {
+        self.of(partition).and_then(|t| t.upto)
     }
 
-    /// The batch indexes applied before of `topic`'s partly finished
-    /// entries: `(entry, size, indexes)`.
-    pub(super) fn partial(&self, topic: &str) -> Vec<(Entry, i32, Vec<i32>)> {
-        self.topics
-            .get(topic)
-            .map(|t| t.partial.iter().map(|(e, (size, done))| (*e, *size, done.iter().copied().collect())).collect())
+    /// The batch indexes applied before of `partition`'s partly finished
+    /// entries: `(entry, indexes)`.
+    pub(super) fn partial(&self, partition: u32) -> Vec<(Entry, Vec<i32>)> {
+        self.of(partition)
+            .map(|t| t.partial.iter().map(|(e, (_, done))| (*e, done.iter().copied().collect())).collect())
             .unwrap_or_default()
     }
 
-    /// What to do with message `id` of `topic`.
-    pub(super) fn verdict(&self, topic: &str, id: &MessageIdData) -> Verdict {
-        let Some(t) = self.topics.get(topic) else { return Verdict::New };
+    /// What to do with message `id` of `partition`.
+    pub(super) fn verdict(&self, partition: u32, id: &MessageIdData) -> Verdict {
+        let Some(t) = self.of(partition) else { return Verdict::New };
         let entry = (id.ledger_id, id.entry_id);
         match (t.partial.get(&entry), id.batch_index) {
             (Some((_, done)), Some(index)) if done.contains(&index) => Verdict::Applied,
@@ -261,7 +298,7 @@ mod tests {
     }
 
     #[test]
-    fn a_record_holds_two_checkpoints_of_finished_entries_and_every_partial_one() {
+    fn a_record_holds_the_recent_finished_entries_and_every_partial_one() {
         let book = Book::default();
         book.name(0, "persistent://t/ns/a");
         let (a, b, c0, c1, d) = (id(1, None), id(2, None), id(3, Some(0)), id(3, Some(1)), id(4, None));
@@ -274,16 +311,19 @@ mod tests {
         assert_eq!(second, expected);
 
         // The next run skips what was applied, and lets the rest through.
-        let skip = Skip::restore(&[("persistent://t/ns/a".into(), serde_json::to_vec(&second).unwrap())], "in");
         let topic = "persistent://t/ns/a";
-        assert_eq!(skip.verdict(topic, &a), Verdict::Finished);
-        assert_eq!(skip.verdict(topic, &c1), Verdict::Applied);
-        assert_eq!(skip.verdict(topic, &id(3, Some(2))), Verdict::New);
-        assert_eq!(skip.verdict(topic, &id(5, None)), Verdict::New);
-        assert_eq!(skip.verdict("persistent://t/ns/other", &a), Verdict::New);
-
+        let mut skip = Skip::restore(&[(topic.into(), serde_json::to_vec(&second).unwrap())], "in");
         // A book restored from it keeps the partial entry until it finishes.
         let book = Book::restored(&skip, false);
+        // The read loop knows the topic as partition 1, another as 0.
+        skip.bind(1, topic);
+        assert_eq!(skip.verdict(1, &a), Verdict::Finished);
+        assert_eq!(skip.verdict(1, &c1), Verdict::Applied);
+        assert_eq!(skip.verdict(1, &id(3, Some(2))), Verdict::New);
+        assert_eq!(skip.verdict(1, &id(5, None)), Verdict::New);
+        assert_eq!(skip.verdict(0, &a), Verdict::New);
+        assert_eq!(skip.partitions(), [1]);
+
         book.name(0, topic);
         let last = id(3, Some(2));
         let (_, third) = book.record(0, [(&last, Some(3))].into_iter()).unwrap();
@@ -294,7 +334,8 @@ mod tests {
     #[test]
     fn finished_entries_are_kept_as_runs() {
         let entries = [(2, 9), (1, 4), (1, 5), (1, 7), (1, 5), (2, 8)];
-        assert_eq!(runs(entries.into_iter()), vec![(1, 4, 5), (1, 7, 7), (2, 8, 9)]);
+        assert_eq!(merge(entries.into_iter().map(|(l, e)| (l, e, e))), vec![(1, 4, 5), (1, 7, 7), (2, 8, 9)]);
+        assert_eq!(merge([(1, 1, 4), (1, 3, 6), (1, 7, 7), (1, 9, 9)].into_iter()), vec![(1, 1, 7), (1, 9, 9)]);
     }
 
     #[test]
@@ -306,12 +347,13 @@ mod tests {
         }
         let (_, record) = book.record(0, [(&id(6, Some(0)), Some(2))].into_iter()).unwrap();
         let record: Record = serde_json::from_slice(&record).unwrap();
-        assert_eq!(record.finished, vec![(3, 5, 5)], "only the last checkpoints' entries are listed");
+        assert_eq!(record.finished, vec![(3, 1, 5)], "the entries of the last 30 s are listed");
         assert_eq!(record.upto, Some((3, 5)));
-        let skip = Skip::restore(&[(topic.into(), serde_json::to_vec(&record).unwrap())], "in");
-        assert_eq!(skip.verdict(topic, &id(1, None)), Verdict::Finished, "finished long ago");
-        assert_eq!(skip.verdict(topic, &id(6, Some(0))), Verdict::Applied);
-        assert_eq!(skip.verdict(topic, &id(6, Some(1))), Verdict::New);
-        assert_eq!(skip.verdict(topic, &id(7, None)), Verdict::New);
+        let mut skip = Skip::restore(&[(topic.into(), serde_json::to_vec(&record).unwrap())], "in");
+        skip.bind(0, topic);
+        assert_eq!(skip.verdict(0, &id(1, None)), Verdict::Finished, "finished long ago");
+        assert_eq!(skip.verdict(0, &id(6, Some(0))), Verdict::Applied);
+        assert_eq!(skip.verdict(0, &id(6, Some(1))), Verdict::New);
+        assert_eq!(skip.verdict(0, &id(7, None)), Verdict::New);
     }
 }

@@ -441,7 +441,7 @@ impl Run<'_> {
         if self.skip.is_empty() {
             return false;
         }
-        match self.skip.verdict(&m.topic, m.message_id()) {
+        match self.skip.verdict(partition, m.message_id()) {
             Verdict::New => false,
             Verdict::Applied => true,
             Verdict::Finished => {
@@ -470,16 +470,16 @@ impl Run<'_> {
         false
     }
 
-    /// Marks the batch indexes the previous run applied of its partly
-    /// finished entries as done, so that each entry is acknowledged once its
-    /// other messages are finished.
+    /// Gives each topic the previous run recorded its partition index, and
+    /// marks the batch indexes it applied of its partly finished entries as
+    /// done, so that each entry is acknowledged once its other messages are
+    /// finished.
     fn restore_partial_entries(&mut self) {
-        let topics: Vec<String> = self.skip.topics().map(str::to_string).collect();
-        for topic in topics {
+        for topic in self.skip.unbound() {
             let partition = self.partitions.index(&topic, &self.book);
-            for ((ledger, entry), _, done) in self.skip.partial(&topic) {
-                let done = done.into_iter().collect();
-                self.acks.entries.insert((partition, ledger, entry), (done, Instant::now()));
+            self.skip.bind(partition, &topic);
+            for ((ledger, entry), done) in self.skip.partial(partition) {
+                self.acks.entries.insert((partition, ledger, entry), (done.into_iter().collect(), Instant::now()));
             }
         }
     }
@@ -487,15 +487,13 @@ impl Run<'_> {
     /// Acknowledges again the entries the previous run finished (their
     /// acknowledgements may not have reached the broker before it stopped).
     async fn acknowledge_recorded(&mut self, consumer: &mut Consumer<Vec<u8>, TokioExecutor>) {
-        let topics: Vec<String> = self.skip.topics().map(str::to_string).collect();
-        for topic in topics {
-            let partition = self.partitions.index(&topic, &self.book);
-            let number = partition_number(&topic);
+        for partition in self.skip.partitions() {
+            let number = partition_number(&self.partitions.names[partition as usize]);
             let id = |(ledger_id, entry_id)| MessageIdData { ledger_id, entry_id, partition: Some(number), ..Default::default() };
-            for entry in self.skip.finished(&topic) {
+            for entry in self.skip.finished(partition) {
                 send_ack(consumer, &self.partitions, partition, id(entry), false).await;
             }
-            if let Some(upto) = self.skip.upto(&topic) {
+            if let Some(upto) = self.skip.upto(partition) {
                 send_ack(consumer, &self.partitions, partition, id(upto), true).await;
             }
         }
