@@ -84,6 +84,9 @@ fn a_bounded_run_shows_a_progress_line_on_a_terminal_only() {
         run.exit_code().is_some()
     });
     assert!(done, "the run ends:\n{screen}");
+    // The screen as the run left it: the last capture in the loop may fall
+    // between the line's clearing and the final log lines.
+    screen = run.capture();
     assert_eq!(run.exit_code(), Some(0), "{screen}");
     let live = seen.iter().find(|l| l.starts_with("read ") && l.contains(" · written ")).cloned();
     let live = live.unwrap_or_else(|| panic!("a status line while running, saw {seen:?}\n{screen}"));
