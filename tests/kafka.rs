@@ -11,11 +11,10 @@ mod support;
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::rc::Rc;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -27,7 +26,9 @@ use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{DefaultProducerContext, DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::{Message as _, Offset, TopicPartitionList};
-use support::{Metrics, Scratch, counts_per_key, free_port, nisshi, plugin, random_in, saved_counts, wait_until};
+use support::{
+    LoggedWeir, Metrics, Scratch, counts_per_key, free_port, nisshi, plugin, random_in, saved_counts, wait_until,
+};
 use tokio_util::sync::CancellationToken;
 
 const PARTITIONS: i32 = 6;
@@ -458,95 +459,6 @@ fn murmur2_matches_kafkas_java_test_vectors() {
     }
 }
 
-// ---------------------------------------------------------------- weir
-
-/// A `weir run` process whose log is collected as it runs.
-struct Weir {
-    child: Child,
-    log: Arc<Mutex<String>>,
-}
-
-impl Weir {
-    fn start(file: &Path) -> Weir {
-        Weir::spawn(&["run", file.to_str().unwrap()])
-    }
-
-    fn spawn(args: &[&str]) -> Weir {
-        Weir::spawn_in(args, Path::new("."))
-    }
-
-    /// `weir` with `args`, run in `dir` (a relay keeps its stage state in
-    /// `.weir/state` there).
-    fn spawn_in(args: &[&str], dir: &Path) -> Weir {
-        let mut child = support::weir()
-            .current_dir(dir)
-            .args(args)
-            .env("WEIR_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting weir");
-        let log = Arc::new(Mutex::new(String::new()));
-        let stderr = child.stderr.take().unwrap();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let mut log = sink.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
-        Weir { child, log }
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-
-    fn signal(&self, signal: &str) {
-        let status = Command::new("kill").args([signal, &self.child.id().to_string()]).status().expect("kill");
-        assert!(status.success(), "kill {signal} failed");
-    }
-
-    fn kill9(&mut self) {
-        self.signal("-KILL");
-        let _ = self.child.wait();
-    }
-
-    fn wait(&mut self, limit: Duration) -> ExitStatus {
-        let started = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().expect("waiting for weir") {
-                // Let the log reader catch up with the last lines.
-                let _ = wait_until(Duration::from_secs(2), || self.log().contains("Kafka source stopped"));
-                return status;
-            }
-            if started.elapsed() > limit {
-                let _ = self.child.kill();
-                panic!("weir did not exit within {limit:?}; log:\n{}", self.log());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// SIGTERM, then the exit status, which must be 0.
-    fn stop(&mut self) {
-        self.signal("-TERM");
-        let status = self.wait(Duration::from_secs(120));
-        assert_eq!(status.code(), Some(0), "weir must drain and exit 0 on SIGTERM; log:\n{}", self.log());
-    }
-}
-
-impl Drop for Weir {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
 /// Kafka → passthrough → Kafka. Short session timeouts so that a killed
 /// member's partitions move on within seconds.
 fn pipeline(broker: &Broker, input: &str, output: &str, group: &str) -> String {
@@ -676,9 +588,9 @@ fn end_to_end_100k_messages_through_the_weir_binary() {
     let file = scratch.write("pipeline.toml", &pipeline(&broker, "e2e-in", "e2e-out", "e2e"));
 
     let started = Instant::now();
-    let mut weir = Weir::start(&file);
+    let weir = LoggedWeir::run(&file, &scratch, "e2e");
     wait_committed(&broker, "e2e", "e2e-in", || weir.log(), Duration::from_secs(600));
-    weir.stop();
+    let log = weir.stop();
     eprintln!("{}: 100000 messages through weir in {:?}", broker.name(), started.elapsed());
 
     let output = broker.read_all("e2e-out");
@@ -691,7 +603,6 @@ fn end_to_end_100k_messages_through_the_weir_binary() {
     }
     assert_eq!(check_per_key_order(&output), 0);
     assert_eq!(broker.committed("e2e", "e2e-in"), Some(broker.end("e2e-in")), "committed = end offsets");
-    let log = weir.log();
     assert!(log.contains("assigned 6 partitions"), "{log}");
 }
 
@@ -706,7 +617,7 @@ fn kill_9_mid_run_then_restart_loses_nothing() {
     let scratch = Scratch::new();
     let file = scratch.write("pipeline.toml", &pipeline(&broker, "crash-in", "crash-out", "crash"));
 
-    let mut weir = Weir::start(&file);
+    let weir = LoggedWeir::run(&file, &scratch, "first");
     // Kill once some offsets are committed, with more still in flight.
     let committed_total =
         || broker.committed("crash", "crash-in").map_or(0, |c| c.iter().map(|o| o.max(&0)).sum::<i64>());
@@ -719,7 +630,7 @@ fn kill_9_mid_run_then_restart_loses_nothing() {
     let mut second = inputs(40_000..60_000, 500, base);
     broker.produce("crash-in", &mut second);
 
-    let mut again = Weir::start(&file);
+    let again = LoggedWeir::run(&file, &scratch, "again");
     wait_committed(&broker, "crash", "crash-in", || again.log(), Duration::from_secs(600));
     again.stop();
 
@@ -775,13 +686,13 @@ fn keyed_counts_are_exact_after_repeated_kill_9() {
     let mut kills = Vec::new();
     for round in 0..5u64 {
         let target = (round * N / 6 + random_in(N / 12..N / 6)).min(N - 1);
-        let mut weir = Weir::start(&file);
+        let weir = LoggedWeir::run(&file, &scratch, &format!("run-{round}"));
         let progressed = wait_until(Duration::from_secs(300), || committed_total() >= target);
         assert!(progressed, "no progress to {target} committed; log:\n{}", weir.log());
         weir.kill9();
         kills.push(committed_total());
     }
-    let mut last = Weir::start(&file);
+    let last = LoggedWeir::run(&file, &scratch, "last");
     wait_committed(&broker, "exact", "exact-in", || last.log(), Duration::from_secs(600));
     last.stop();
 
@@ -810,7 +721,7 @@ fn exactly_once_kafka_to_kafka_survives_repeated_kill_9() {
         pipeline(&broker, "eos-in", "eos-out", "eos")
     );
     let file = scratch.write("pipeline.toml", &text);
-    let (kills, settled) = run_killed_four_times(&broker, &file, "eos", "eos-in");
+    let (kills, settled) = run_killed_four_times(&broker, &scratch, &file, "eos", "eos-in");
 
     let output = broker.read("eos-out", N as usize, "read_committed");
     let seen = tally(&records, &output);
@@ -844,7 +755,7 @@ fn exactly_once_keyed_counts_match_their_committed_outputs_after_kill_9() {
         "pipeline.toml",
         &count_pipeline(&broker, "exactly-once", "eosc-in", "eosc", &format!("kafka://{}/eosc-out", broker.addr)),
     );
-    let (kills, settled) = run_killed_four_times(&broker, &file, "eosc", "eosc-in");
+    let (kills, settled) = run_killed_four_times(&broker, &scratch, &file, "eosc", "eosc-in");
 
     let expected = counts_per_key(N, KEYS, "key-");
     assert_eq!(saved_counts(&file, "count"), expected, "saved counts exact across four kill -9 restarts");
@@ -886,14 +797,13 @@ fn exactly_once_keyed_counts_match_their_committed_outputs_after_kill_9() {
     // The settling happens before the pipeline starts: no need to wait for
     // the group (a broker may hold a new join until the last member's
     // rebalance timeout).
-    let mut again = Weir::start(&file);
+    let again = LoggedWeir::run(&file, &scratch, "undo");
     let undone = wait_until(Duration::from_secs(120), || again.log().contains("Kafka source started"));
     assert!(undone, "the restart did not come up; log:\n{}", again.log());
-    again.stop();
+    let log = again.stop();
     assert!(
-        again.log().contains("transaction `weir-eosc-never-committed` did not commit"),
-        "the uncommitted checkpoint was not undone; log:\n{}",
-        again.log()
+        log.contains("transaction `weir-eosc-never-committed` did not commit"),
+        "the uncommitted checkpoint was not undone; log:\n{log}"
     );
     assert_eq!(saved_counts(&file, "count"), expected, "counts after undoing the uncommitted checkpoint");
 }
@@ -903,7 +813,13 @@ fn exactly_once_keyed_counts_match_their_committed_outputs_after_kill_9() {
 /// a random share, then once more until everything is committed; returns
 /// the committed totals at the kills and, per restart, how the last run's
 /// pending checkpoint was settled.
-fn run_killed_four_times(broker: &Broker, file: &Path, group: &str, input: &str) -> (Vec<u64>, Vec<&'static str>) {
+fn run_killed_four_times(
+    broker: &Broker,
+    scratch: &Scratch,
+    file: &Path,
+    group: &str,
+    input: &str,
+) -> (Vec<u64>, Vec<&'static str>) {
     let settled = |log: &str| {
         if log.contains("did not commit: state and positions go back") {
             "undone"
@@ -918,22 +834,22 @@ fn run_killed_four_times(broker: &Broker, file: &Path, group: &str, input: &str)
         || broker.committed(group, input).map_or(0, |c| c.iter().map(|o| o.max(&0)).sum::<i64>() as u64);
     let end: u64 = broker.end(input).iter().sum::<i64>() as u64;
     let mut kills = Vec::new();
-    for _ in 0..4 {
+    for round in 0..4 {
         let target = (committed_total() + random_in(2_000..8_000)).min(end - 1);
-        let mut weir = Weir::start(file);
+        let weir = LoggedWeir::run(file, scratch, &format!("run-{round}"));
         let progressed = wait_until(Duration::from_secs(300), || committed_total() >= target);
         assert!(progressed, "no progress to {target} committed; log:\n{}", weir.log());
+        let log = weir.log();
         weir.kill9();
         kills.push(committed_total());
-        settlements.push(settled(&weir.log()));
+        settlements.push(settled(&log));
     }
-    let mut last = Weir::start(file);
+    let last = LoggedWeir::run(file, scratch, "last");
     // Stopped only once running (a SIGTERM before the handler is set kills).
     let started = wait_until(Duration::from_secs(120), || last.log().contains("exactly-once: transactional id"));
     assert!(started, "no transactional producer; log:\n{}", last.log());
     wait_committed(broker, group, input, || last.log(), Duration::from_secs(600));
-    last.stop();
-    settlements.push(settled(&last.log()));
+    settlements.push(settled(&last.stop()));
     // The first run has nothing to settle.
     settlements.remove(0);
     (kills, settlements)
@@ -960,10 +876,10 @@ fn second_process_joins_then_first_leaves_without_loss() {
     let out_total = || broker.end_offsets("scale-out").map_or(0, |e| e.iter().sum::<i64>());
 
     produce(0..20_000);
-    let mut first = Weir::start(&file);
+    let mut first = LoggedWeir::run(&file, &scratch, "first");
     assert!(wait_until(Duration::from_secs(300), || out_total() >= 5_000), "no progress; log:\n{}", first.log());
     produce(20_000..40_000);
-    let mut second = Weir::start(&second_file);
+    let second = LoggedWeir::run(&second_file, &scratch, "second");
     let joined = wait_until(Duration::from_secs(120), || {
         second
             .log()
@@ -974,8 +890,8 @@ fn second_process_joins_then_first_leaves_without_loss() {
     produce(40_000..60_000);
     first.signal("-TERM");
     produce(60_000..80_000);
-    let status = first.wait(Duration::from_secs(120));
-    assert_eq!(status.code(), Some(0), "first process: {}", first.log());
+    let code = first.wait(Duration::from_secs(120));
+    assert_eq!(code, Some(0), "first process: {}", first.log());
     wait_committed(&broker, "scale", "scale-in", || second.log(), Duration::from_secs(600));
     second.stop();
 
@@ -1112,9 +1028,10 @@ fn relay_with_kafka_on_either_side() {
 
     // file → Kafka: bounded, so the relay ends by itself.
     let to_kafka = format!("kafka://{}/relay-mid", broker.addr);
-    let mut first = Weir::spawn(&["relay", "--input", &format!("file://{}", input.display()), "--output", &to_kafka]);
-    let status = first.wait(Duration::from_secs(120));
-    assert_eq!(status.code(), Some(0), "{}", first.log());
+    let relay_in = ["relay", "--input", &format!("file://{}", input.display()), "--output", &to_kafka];
+    let mut first = LoggedWeir::start_in(&relay_in, &scratch.path(""), &scratch, "to-kafka");
+    let code = first.wait(Duration::from_secs(120));
+    assert_eq!(code, Some(0), "{}", first.log());
     let mid = broker.read_all("relay-mid");
     assert_eq!(mid.len(), 5_000);
     for r in &mid {
@@ -1127,7 +1044,7 @@ fn relay_with_kafka_on_either_side() {
     let plugin = plugin("passthrough");
     let file_out = format!("file://{}", output.display());
     let args = ["relay", "--input", &from_kafka, "--plugin", plugin.to_str().unwrap(), "--output", &file_out];
-    let mut second = Weir::spawn_in(&args, &scratch.path(""));
+    let second = LoggedWeir::start_in(&args, &scratch.path(""), &scratch, "from-kafka");
     wait_committed(&broker, "relay", "relay-mid", || second.log(), Duration::from_secs(300));
     second.stop();
     let mut out: Vec<(String, String, u64)> = scratch
@@ -1178,7 +1095,7 @@ fn lag_rises_while_the_sink_is_slow_then_returns_to_zero() {
         addr = broker.addr
     );
     let file = scratch.write("pipeline.toml", &text);
-    let mut weir = Weir::start(&file);
+    let weir = LoggedWeir::run(&file, &scratch, "lag");
     let source = [("component", "in"), ("kind", "source")];
     let partition = |p: i32| format!("lag-in/{p}");
     let per_partition = |m: &Metrics, metric: &str| -> Vec<Option<f64>> {

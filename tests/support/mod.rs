@@ -459,8 +459,15 @@ pub struct LoggedWeir {
 impl LoggedWeir {
     /// Starts `weir ARGS`, its output to `TAG.log` and `TAG.out` in `scratch`.
     pub fn start(args: &[&str], scratch: &Scratch, tag: &str) -> Self {
+        Self::start_in(args, Path::new("."), scratch, tag)
+    }
+
+    /// [`LoggedWeir::start`] in the working folder `dir` (a relay keeps its
+    /// stage state in `.weir/state` there).
+    pub fn start_in(args: &[&str], dir: &Path, scratch: &Scratch, tag: &str) -> Self {
         let log = scratch.path(&format!("{tag}.log"));
         let child = weir()
+            .current_dir(dir)
             .args(args)
             .env("WEIR_LOG", "info")
             .stdin(Stdio::null())
@@ -503,17 +510,27 @@ impl LoggedWeir {
         assert!(ok && self.running(), "{what}: not reached (or weir exited); log:\n{}", self.log());
     }
 
+    /// Sends `signal` (e.g. `-TERM`) to the process.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill").args([signal, &self.child.id().to_string()]).status().expect("running kill");
+        assert!(status.success(), "kill {signal} failed");
+    }
+
+    /// Waits for the exit, failing with the log after `limit`; returns the
+    /// exit code.
+    pub fn wait(&mut self, limit: Duration) -> Option<i32> {
+        if !wait_until(limit, || !self.running()) {
+            let _ = self.child.kill();
+            panic!("weir did not exit within {limit:?}; log:\n{}", self.log());
+        }
+        self.child.wait().expect("waiting for weir").code()
+    }
+
     /// SIGTERM; weir must drain and exit 0. Returns the log.
     pub fn stop(mut self) -> String {
-        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().expect("kill");
-        assert!(status.success());
-        assert!(
-            wait_until(LOGGED_WEIR_LIMIT, || !self.running()),
-            "weir did not stop on SIGTERM; log:\n{}",
-            self.log()
-        );
-        let code = self.child.wait().expect("waiting for weir").code();
-        assert_eq!(code, Some(0), "weir must drain and exit 0; log:\n{}", self.log());
+        self.signal("-TERM");
+        let code = self.wait(LOGGED_WEIR_LIMIT);
+        assert_eq!(code, Some(0), "weir must drain and exit 0 on SIGTERM; log:\n{}", self.log());
         self.log()
     }
 
