@@ -1029,7 +1029,7 @@ fn relay_with_kafka_on_either_side() {
     // file → Kafka: bounded, so the relay ends by itself.
     let to_kafka = format!("kafka://{}/relay-mid", broker.addr);
     let relay_in = ["relay", "--input", &format!("file://{}", input.display()), "--output", &to_kafka];
-    let mut first = LoggedWeir::start_in(&relay_in, &scratch.path(""), &scratch, "to-kafka");
+    let mut first = LoggedWeir::start(&relay_in, &scratch, "to-kafka");
     let code = first.wait(Duration::from_secs(120));
     assert_eq!(code, Some(0), "{}", first.log());
     let mid = broker.read_all("relay-mid");
@@ -1044,7 +1044,7 @@ fn relay_with_kafka_on_either_side() {
     let plugin = plugin("passthrough");
     let file_out = format!("file://{}", output.display());
     let args = ["relay", "--input", &from_kafka, "--plugin", plugin.to_str().unwrap(), "--output", &file_out];
-    let second = LoggedWeir::start_in(&args, &scratch.path(""), &scratch, "from-kafka");
+    let second = LoggedWeir::start(&args, &scratch, "from-kafka");
     wait_committed(&broker, "relay", "relay-mid", || second.log(), Duration::from_secs(300));
     second.stop();
     let mut out: Vec<(String, String, u64)> = scratch

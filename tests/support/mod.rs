@@ -457,17 +457,13 @@ pub struct LoggedWeir {
 }
 
 impl LoggedWeir {
-    /// Starts `weir ARGS`, its output to `TAG.log` and `TAG.out` in `scratch`.
+    /// Starts `weir ARGS` in the `scratch` folder (a relay keeps its stage
+    /// state in `.weir/state` of its working folder), its output to
+    /// `TAG.log` and `TAG.out` there.
     pub fn start(args: &[&str], scratch: &Scratch, tag: &str) -> Self {
-        Self::start_in(args, Path::new("."), scratch, tag)
-    }
-
-    /// [`LoggedWeir::start`] in the working folder `dir` (a relay keeps its
-    /// stage state in `.weir/state` there).
-    pub fn start_in(args: &[&str], dir: &Path, scratch: &Scratch, tag: &str) -> Self {
         let log = scratch.path(&format!("{tag}.log"));
         let child = weir()
-            .current_dir(dir)
+            .current_dir(scratch.path(""))
             .args(args)
             .env("WEIR_LOG", "info")
             .stdin(Stdio::null())
