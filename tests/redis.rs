@@ -409,13 +409,17 @@ impl OwnRedis {
         );
     }
 
-    /// `SHUTDOWN SAVE` (the data survives in the server's folder), then the
-    /// same server again on the same port.
-    fn restart(&mut self) {
+    /// `SHUTDOWN SAVE`: the data survives in the server's folder.
+    fn stop(&mut self) {
         let mut conn = connect(&self.addr());
         let _: Result<(), _> = redis::cmd("SHUTDOWN").arg("SAVE").query(&mut conn);
         let mut child = self.child.take().unwrap();
         assert!(wait_until(Duration::from_secs(20), || child.try_wait().unwrap().is_some()), "redis did not stop");
+    }
+
+    /// [`OwnRedis::stop`], then the same server again on the same port.
+    fn restart(&mut self) {
+        self.stop();
         self.spawn();
     }
 }
@@ -464,6 +468,80 @@ fn redis_restart_mid_run_loses_nothing() {
     println!("redis restart test: {} written for {N} inputs ({} duplicates)", written.len(), written.len() as u64 - N);
     let summary: Value = redis::cmd("XPENDING").arg(input).arg(group).query(&mut conn).unwrap();
     assert_eq!(as_array(summary)[0], Value::Int(0));
+}
+
+/// count-by-key with Redis away while batches finish and several
+/// checkpoints pass, then weir killed with SIGKILL before any of their
+/// `XACK`s got through: the restart acknowledges the entries of every
+/// unacknowledged checkpoint, not only the last one, so no key is counted
+/// twice.
+#[test]
+fn keyed_counts_stay_exact_when_acks_fail_across_checkpoints_before_a_kill_9() {
+    const N: u64 = 5_000;
+    const KEYS: u64 = 13;
+    let mut server = OwnRedis::start();
+    let addr = server.addr();
+    let scratch = Scratch::new();
+    let (input, group) = ("in", "g");
+    xadd_all(&mut connect(&addr), input, &(0..N).map(entry).collect::<Vec<_>>());
+    let admin = free_port();
+    // One source batch per stage call and per sink write (13 keys: 13
+    // outputs), a write every 100 ms, a checkpoint every 50 ms: a dozen
+    // batches in flight finish one by one after Redis went away.
+    let pipeline = scratch.write(
+        "p.toml",
+        &format!(
+            r#"
+            [[source]]
+            name = "in"
+            uri = "redis://{addr}/{input}"
+            group = "{group}"
+            batch_size = 50
+
+            [[stage]]
+            name = "count"
+            plugin = "{plugin}"
+            batch = {{ max_size = 50, max_wait_ms = 0 }}
+
+            [[sink]]
+            name = "out"
+            uri = "null://?delay_ms=100"
+            batch = {{ max_size = 13, max_wait_ms = 0 }}
+
+            [state]
+            checkpoint_interval_ms = 50
+
+            [admin]
+            listen = "127.0.0.1:{admin}"
+            "#,
+            plugin = plugin("count-by-key").display()
+        ),
+    );
+    let sink = [("component", "out"), ("kind", "sink")];
+    let written = || Metrics::try_scrape(admin).and_then(|m| m.get("weir_component_sent_events_total", &sink));
+    let mut weir = LoggedWeir::run(&pipeline, &scratch, "away");
+    weir.wait_for("a first part written", || written().is_some_and(|w| w >= 26.0));
+    server.stop();
+    // Batches in flight keep finishing without Redis, each released by a
+    // checkpoint whose XACK fails. The acknowledger retries with all it
+    // holds: a failed XACK of more entries than the first shows that
+    // several checkpoints wait unacknowledged.
+    let failed_xack_sizes = |log: &str| -> std::collections::BTreeSet<u64> {
+        log.lines().filter_map(|l| l.split("XACK of ").nth(1)?.split(" entries failed").next()?.parse().ok()).collect()
+    };
+    let log = weir.log_path().to_owned();
+    weir.wait_for("failed XACKs of a growing number of entries", || {
+        failed_xack_sizes(&std::fs::read_to_string(&log).unwrap_or_default()).len() >= 2
+    });
+    weir.kill9();
+    server.spawn();
+
+    let mut conn = connect(&addr);
+    let mut last = LoggedWeir::run(&pipeline, &scratch, "back");
+    last.wait_for("everything acknowledged", || consumed(&mut conn, input, group));
+    let log = last.stop();
+    assert!(log.contains("the last checkpoint covered but Redis still held pending"), "{log}");
+    assert_eq!(saved_counts(&pipeline, "count"), counts_per_key(N, KEYS, "k"), "every key counted exactly");
 }
 
 /// Two `weir run` processes in one group share the work.

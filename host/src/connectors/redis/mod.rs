@@ -75,6 +75,7 @@ mod fields;
 mod lag;
 mod sink;
 mod source;
+mod unconfirmed;
 
 use std::path::Path;
 use std::time::Duration;

@@ -13,6 +13,7 @@ use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use super::fields::{Entry, F_VALUE, array, bytes, decode, entries, read_reply};
+use super::unconfirmed::Unconfirmed;
 use super::{RedisSourceSpec, connect, start_id};
 use crate::connectors::{Read, Source, SourceContext};
 use crate::flow::ack::{AckTracker, Released};
@@ -58,14 +59,16 @@ impl Source for RedisSource {
     async fn run(self: Box<Self>, ctx: SourceContext) -> Result<()> {
         let spec = Arc::new(self.spec);
         let client = spec.endpoint.client()?;
-        // A checkpoint records, per stream, the IDs it covers: a restart
-        // acknowledges them first (the XACK after the checkpoint may not
-        // have been sent before a crash).
+        // A checkpoint records, per stream, the IDs it covers and those of
+        // earlier checkpoints still unacknowledged: a restart acknowledges
+        // them first (the XACK after a checkpoint may not have been sent
+        // before a crash).
+        let unconfirmed = Arc::new(Unconfirmed::new(spec.streams.len()));
         let (tracker, released) = ctx.checkpointed_tracker::<Vec<String>>({
-            let streams = spec.streams.clone();
+            let (streams, unconfirmed) = (spec.streams.clone(), unconfirmed.clone());
             Box::new(move |stream, batches| {
-                let ids: Vec<&str> = batches.iter().flat_map(|ids| ids.iter().map(String::as_str)).collect();
-                Some((streams[stream as usize].clone(), Some(ids.join(" ").into_bytes())))
+                let ids = unconfirmed.record(stream as usize, batches);
+                Some((streams[stream as usize].clone(), Some(ids.into_bytes())))
             })
         });
         let in_flight: InFlight = Arc::new(Mutex::new(vec![HashSet::new(); spec.streams.len()]));
@@ -73,8 +76,7 @@ impl Source for RedisSource {
         let acker = tokio::spawn(acknowledge(
             client.clone(),
             spec.clone(),
-            released,
-            in_flight.clone(),
+            Acknowledged { released, in_flight: in_flight.clone(), unconfirmed },
             finish.clone(),
             ctx.name().to_string(),
         ));
@@ -414,6 +416,14 @@ fn protocol(e: anyhow::Error) -> RedisError {
     RedisError::from((::redis::ErrorKind::Parse, "unexpected reply from Redis", format!("{e:#}")))
 }
 
+/// What the acknowledger takes released IDs from and tells of the `XACK`s
+/// Redis confirmed.
+struct Acknowledged {
+    released: Released<Vec<String>>,
+    in_flight: InFlight,
+    unconfirmed: Arc<Unconfirmed>,
+}
+
 /// Sends `XACK` for every released batch of entry IDs, one call per stream
 /// for all that were released meanwhile; keeps and retries them when Redis
 /// is away. Stops once `finish` fired and everything released is sent (or
@@ -422,12 +432,14 @@ fn protocol(e: anyhow::Error) -> RedisError {
 async fn acknowledge(
     client: Client,
     spec: Arc<RedisSourceSpec>,
-    mut released: Released<Vec<String>>,
-    in_flight: InFlight,
+    acknowledged: Acknowledged,
     finish: CancellationToken,
     name: String,
 ) {
+    let Acknowledged { mut released, in_flight, unconfirmed } = acknowledged;
     let mut queue: Vec<Vec<String>> = vec![Vec::new(); spec.streams.len()];
+    // Batches in `queue`, per stream.
+    let mut batches = vec![0u64; spec.streams.len()];
     let mut conn: Option<MultiplexedConnection> = None;
     let mut backoff = Backoff::default();
     let mut finishing_since: Option<Instant> = None;
@@ -436,7 +448,10 @@ async fn acknowledge(
         if queue.iter().all(Vec::is_empty) {
             tokio::select! {
                 biased;
-                Some((stream, ids)) = released.recv() => queue[stream as usize].extend(ids),
+                Some((stream, ids)) = released.recv() => {
+                    queue[stream as usize].extend(ids);
+                    batches[stream as usize] += 1;
+                }
                 _ = finish.cancelled(), if finishing_since.is_none() => {
                     finishing_since = Some(Instant::now());
                 }
@@ -445,6 +460,7 @@ async fn acknowledge(
         }
         while let Ok((stream, ids)) = released.try_recv() {
             queue[stream as usize].extend(ids);
+            batches[stream as usize] += 1;
         }
         if finish.is_cancelled() && finishing_since.is_none() {
             finishing_since = Some(Instant::now());
@@ -475,6 +491,7 @@ async fn acknowledge(
                     for id in ids.drain(..) {
                         in_flight[index].remove(&id);
                     }
+                    unconfirmed.confirm(index, std::mem::take(&mut batches[index]));
                 }
             }
             Err(e) => {
