@@ -22,6 +22,10 @@
 //! `pulsar_subscription_unacked_messages`, which pulsar-lite refreshes every
 //! few seconds). Everything else passes through unchanged, so the tests
 //! exercise weir against the broker's real behaviour.
+//!
+//! **Dispatched count.** The proxy counts the messages the broker sent to
+//! each subscription through it ([`PulsarLite::dispatched`]): exact at
+//! once, where the broker's own figures lag by seconds.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -33,7 +37,7 @@ use std::time::Duration;
 
 use prost::Message as _;
 use pulsar::proto::base_command::Type;
-use pulsar::proto::{BaseCommand, CommandConsumerStatsResponse};
+use pulsar::proto::{BaseCommand, CommandConsumerStatsResponse, MessageMetadata};
 
 use super::{free_port, provision, wait_until};
 
@@ -102,8 +106,16 @@ pub struct PulsarLite {
     metrics_port: u16,
     port: u16,
     proxy_port: u16,
+    dispatched: Dispatched,
     dir: tempfile::TempDir,
 }
+
+/// (topic, subscription) → messages the broker sent through the proxy.
+type Dispatched = Arc<Mutex<HashMap<(String, String), u64>>>;
+
+/// Per client connection: consumer id → (topic, subscription), from the
+/// client's subscribes.
+type Consumers = Arc<Mutex<HashMap<u64, (String, String)>>>;
 
 impl PulsarLite {
     /// Starts a broker (every address on loopback, its metrics listener
@@ -123,8 +135,10 @@ impl PulsarLite {
         std::fs::write(dir.path().join("pulsar-lite.toml"), config).expect("config");
         let listener = TcpListener::bind("127.0.0.1:0").expect("proxy listener");
         let proxy_port = listener.local_addr().unwrap().port();
-        std::thread::spawn(move || proxy(listener, port, metrics_port));
-        let mut broker = PulsarLite { child: None, metrics_port, port, proxy_port, dir };
+        let dispatched = Dispatched::default();
+        let counts = dispatched.clone();
+        std::thread::spawn(move || proxy(listener, port, metrics_port, counts));
+        let mut broker = PulsarLite { child: None, metrics_port, port, proxy_port, dispatched, dir };
         broker.spawn();
         broker
     }
@@ -177,6 +191,13 @@ impl PulsarLite {
         subscription_metric(self.metrics_port, "pulsar_out_messages_total", topic, subscription)
     }
 
+    /// Messages the broker sent to `subscription` on `topic` through the
+    /// proxy (a batch counts its messages), exact at the time of asking.
+    pub fn dispatched(&self, topic: &str, subscription: &str) -> u64 {
+        let key = (topic.to_string(), subscription.to_string());
+        self.dispatched.lock().unwrap().get(&key).copied().unwrap_or(0)
+    }
+
     /// The broker's log.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("broker.log")).unwrap_or_default()
@@ -211,7 +232,7 @@ impl Drop for PulsarLite {
 }
 
 /// Accepts clients for ever, each on its own pair of threads.
-fn proxy(listener: TcpListener, broker_port: u16, metrics_port: u16) {
+fn proxy(listener: TcpListener, broker_port: u16, metrics_port: u16, dispatched: Dispatched) {
     let own = format!("pulsar://127.0.0.1:{}", listener.local_addr().unwrap().port());
     for client in listener.incoming().map_while(Result::ok) {
         let Ok(broker) = TcpStream::connect(("127.0.0.1", broker_port)) else {
@@ -226,14 +247,16 @@ fn proxy(listener: TcpListener, broker_port: u16, metrics_port: u16) {
         let to_client = Arc::new(Mutex::new(client.try_clone().unwrap()));
         let (mut c_read, mut b_write) = (client, broker.try_clone().unwrap());
         let answers = to_client.clone();
+        let consumers = Consumers::default();
+        let subscribed = consumers.clone();
         std::thread::spawn(move || {
-            let _ = forward_requests(&mut c_read, &mut b_write, &answers, metrics_port);
+            let _ = forward_requests(&mut c_read, &mut b_write, &answers, &subscribed, metrics_port);
             let _ = b_write.shutdown(Shutdown::Both);
         });
-        let own = own.clone();
+        let (own, dispatched) = (own.clone(), dispatched.clone());
         std::thread::spawn(move || {
             let mut b_read = broker;
-            let _ = reframe(&mut b_read, &to_client, &own);
+            let _ = reframe(&mut b_read, &to_client, &own, &Counter { consumers, dispatched });
             let _ = to_client.lock().unwrap().shutdown(Shutdown::Both);
             let _ = b_read.shutdown(Shutdown::Both);
         });
@@ -265,22 +288,22 @@ fn forward_requests(
     from: &mut TcpStream,
     to: &mut TcpStream,
     answers: &Mutex<TcpStream>,
+    consumers: &Consumers,
     metrics_port: u16,
 ) -> std::io::Result<()> {
     let mut buffered = std::io::BufReader::with_capacity(1 << 16, from);
     let mut to = std::io::BufWriter::with_capacity(1 << 16, to);
-    // consumer id → (topic, subscription), from the client's subscribes.
-    let mut consumers: HashMap<u64, (String, String)> = HashMap::new();
     loop {
         let (size, frame) = read_frame(&mut buffered)?;
         let command_size = u32::from_be_bytes(frame[..4].try_into().unwrap()) as usize;
         let command = BaseCommand::decode(&frame[4..4 + command_size]).map_err(std::io::Error::other)?;
         if let Some(subscribe) = &command.subscribe {
-            consumers.insert(subscribe.consumer_id, (subscribe.topic.clone(), subscribe.subscription.clone()));
+            let names = (subscribe.topic.clone(), subscribe.subscription.clone());
+            consumers.lock().unwrap().insert(subscribe.consumer_id, names);
         }
         if let Some(stats) = &command.consumer_stats {
-            let figures =
-                consumers.get(&stats.consumer_id).map(|(topic, sub)| subscription_figures(metrics_port, topic, sub));
+            let names = consumers.lock().unwrap().get(&stats.consumer_id).cloned();
+            let figures = names.map(|(topic, sub)| subscription_figures(metrics_port, &topic, &sub));
             let (backlog, unacked) = figures.flatten().unwrap_or((0, 0));
             let answer = BaseCommand {
                 r#type: Type::ConsumerStatsResponse as i32,
@@ -328,9 +351,32 @@ fn subscription_metric(metrics_port: u16, metric: &str, topic: &str, subscriptio
         .map(|v| v as u64)
 }
 
+/// Where [`reframe`] counts the messages of a connection's message frames.
+struct Counter {
+    consumers: Consumers,
+    dispatched: Dispatched,
+}
+
+impl Counter {
+    /// Counts a message frame: `command` with `rest` = `[0x0e01 crc]
+    /// [metadata size][metadata][payload]`.
+    fn count(&self, command: &[u8], rest: &[u8]) -> std::io::Result<()> {
+        let command = BaseCommand::decode(command).map_err(std::io::Error::other)?;
+        let Some(message) = command.message else { return Ok(()) };
+        let rest = if rest.starts_with(&[0x0e, 0x01]) { &rest[6..] } else { rest };
+        let size = u32::from_be_bytes(rest[..4].try_into().unwrap()) as usize;
+        let metadata = MessageMetadata::decode(&rest[4..4 + size]).map_err(std::io::Error::other)?;
+        let Some(names) = self.consumers.lock().unwrap().get(&message.consumer_id).cloned() else { return Ok(()) };
+        *self.dispatched.lock().unwrap().entry(names).or_default() +=
+            metadata.num_messages_in_batch.unwrap_or(1) as u64;
+        Ok(())
+    }
+}
+
 /// Copies the broker's frames to the client, adding the checksum section to
-/// message frames that lack it and pointing lookup answers at `own`.
-fn reframe(from: &mut TcpStream, to: &Mutex<TcpStream>, own: &str) -> std::io::Result<()> {
+/// message frames that lack it, pointing lookup answers at `own`, and
+/// counting the messages sent to each subscription.
+fn reframe(from: &mut TcpStream, to: &Mutex<TcpStream>, own: &str, counter: &Counter) -> std::io::Result<()> {
     let mut buffered = std::io::BufReader::with_capacity(1 << 16, from);
     let mut out = Vec::with_capacity(1 << 16);
     loop {
@@ -350,9 +396,11 @@ fn reframe(from: &mut TcpStream, to: &Mutex<TcpStream>, own: &str) -> std::io::R
                 out.extend_from_slice(&frame);
             }
         } else if rest.starts_with(&[0x0e, 0x01]) {
+            counter.count(command, rest)?;
             out.extend_from_slice(&size);
             out.extend_from_slice(&frame);
         } else {
+            counter.count(command, rest)?;
             // [size][command size][command][0x0e01][crc32c(rest)][rest]
             out.extend_from_slice(&(frame.len() as u32 + 6).to_be_bytes());
             out.extend_from_slice(&frame[..4 + command_size]);
