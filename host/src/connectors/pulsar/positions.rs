@@ -17,12 +17,14 @@
 //! receives of them ([`Skip`]); a partly finished entry's remaining
 //! messages go through and complete it.
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use pulsar::proto::MessageIdData;
 use serde::{Deserialize, Serialize};
+
+use super::acks::PartialEntries;
 
 /// `(ledger, entry)`: a broker entry within one topic (partition).
 pub(super) type Entry = (u64, u64);
@@ -54,8 +56,8 @@ struct Topic {
     /// Entries finished by the checkpoints of the last [`RECENT`], as
     /// runs, oldest first.
     recent: VecDeque<(Instant, Vec<Run>)>,
-    /// Entries of producer batches partly finished: size, indexes done.
-    partial: HashMap<Entry, (i32, BTreeSet<i32>)>,
+    /// Entries of producer batches partly finished.
+    partial: PartialEntries<Entry>,
     /// On an ordered subscription, the last finished entry.
     upto: Option<Entry>,
 }
@@ -88,8 +90,11 @@ impl Book {
             .topics
             .iter()
             .map(|(name, topic)| {
-                let partial = topic.partial.iter().map(|(e, (size, done))| (*e, (*size, done.iter().copied().collect())));
-                (name.clone(), Topic { recent: VecDeque::new(), partial: partial.collect(), upto: topic.upto })
+                let mut partial = PartialEntries::default();
+                for (entry, (size, done)) in &topic.partial {
+                    partial.insert(*entry, *size, done.iter().copied());
+                }
+                (name.clone(), Topic { recent: VecDeque::new(), partial, upto: topic.upto })
             })
             .collect();
         drop(inner);
@@ -124,16 +129,8 @@ impl Book {
         let mut finished = Vec::new();
         for (id, size) in ids {
             let entry = (id.ledger_id, id.entry_id);
-            match (size, id.batch_index) {
-                (Some(size), Some(index)) if size > 1 => {
-                    let (_, done) = topic.partial.entry(entry).or_insert_with(|| (size, BTreeSet::new()));
-                    done.insert(index);
-                    if done.len() as i32 >= size {
-                        topic.partial.remove(&entry);
-                        finished.push(entry);
-                    }
-                }
-                _ => finished.push(entry),
+            if topic.partial.finish(entry, id, size) {
+                finished.push(entry);
             }
         }
         let this = merge(finished.iter().map(|&(ledger, entry)| (ledger, entry, entry)));
@@ -145,7 +142,7 @@ impl Book {
             partial: topic
                 .partial
                 .iter()
-                .map(|((ledger, entry), (size, done))| (*ledger, *entry, *size, done.iter().copied().collect()))
+                .map(|((ledger, entry), partial)| (*ledger, *entry, partial.size, partial.done.iter().copied().collect()))
                 .collect(),
             upto: topic.upto,
         };
@@ -269,10 +266,10 @@ impl Skip {
     }
 
     /// The batch indexes applied before of `partition`'s partly finished
-    /// entries: `(entry, indexes)`.
-    pub(super) fn partial(&self, partition: u32) -> Vec<(Entry, Vec<i32>)> {
+    /// entries: `(entry, entry size, indexes)`.
+    pub(super) fn partial(&self, partition: u32) -> Vec<(Entry, i32, Vec<i32>)> {
         self.of(partition)
-            .map(|t| t.partial.iter().map(|(e, (_, done))| (*e, done.iter().copied().collect())).collect())
+            .map(|t| t.partial.iter().map(|(e, (size, done))| (*e, *size, done.iter().copied().collect())).collect())
             .unwrap_or_default()
     }
 

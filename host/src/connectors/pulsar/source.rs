@@ -7,7 +7,7 @@
 //! [`Partitions`]; a batch's position is the ids of its messages.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Result;
 use async_trait::async_trait;
@@ -16,7 +16,7 @@ use pulsar::consumer::{ConsumerOptions, InitialPosition, Message as PulsarMessag
 use pulsar::proto::MessageIdData;
 use pulsar::{Consumer, TokioExecutor};
 
-use super::acks::{Acks, Handed, entry_id};
+use super::acks::{Acks, Handed, PartialEntries, entry_id};
 use super::backlog::Backlog;
 use super::positions::{Book, Skip, Verdict};
 use super::{PulsarSourceSpec, Start, client, explain};
@@ -183,7 +183,7 @@ impl Source for PulsarSource {
             tracker,
             released,
             partitions: Partitions::default(),
-            acks: Acks { cumulative: spec.kind.cumulative(), entries: HashMap::new() },
+            acks: Acks { cumulative: spec.kind.cumulative(), entries: PartialEntries::default() },
             backlog: Backlog::new(ctx.name(), &spec.topic),
             book,
             skip,
@@ -478,8 +478,8 @@ impl Run<'_> {
         for topic in self.skip.unbound() {
             let partition = self.partitions.index(&topic, &self.book);
             self.skip.bind(partition, &topic);
-            for ((ledger, entry), done) in self.skip.partial(partition) {
-                self.acks.entries.insert((partition, ledger, entry), (done.into_iter().collect(), Instant::now()));
+            for ((ledger, entry), size, done) in self.skip.partial(partition) {
+                self.acks.entries.insert((partition, ledger, entry), size, done);
             }
         }
     }
